@@ -1,0 +1,47 @@
+# The two commands: `make run` serves on the embedded SQLite default; `make test` runs every check.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test install lint typecheck migrations-check openapi-check pytest module-test bench soak clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/control serve --host 127.0.0.1 --port 8080
+
+test: install lint typecheck migrations-check openapi-check module-test pytest
+
+lint: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+typecheck: install
+	$(BIN)/mypy --strict control
+
+migrations-check: install
+	$(BIN)/python scripts/check_migrations.py
+
+openapi-check: install
+	$(BIN)/control openapi check
+
+module-test:
+	@bash scripts/module_test.sh
+
+pytest: install
+	$(BIN)/python -m pytest --cov=control --cov-report=term $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python bench/mint.py
+	$(BIN)/python bench/verify.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage module/node_modules

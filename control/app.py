@@ -1,0 +1,110 @@
+"""The app factory: routes from the table, state from the lifespan, errors as problem+json."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from control import __version__
+from control.errors import Problem, install_error_handlers
+from control.identity.auth import require
+from control.keys.service import ensure_keys
+from control.kit.db import unit_of_work
+from control.kit.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from control.kit.routing import mount_routes
+from control.routes import ROUTES
+from control.settings import Settings
+from control.state import AppState
+
+log = logging.getLogger("control.app")
+
+API_TITLE = "control"
+API_DESCRIPTION = (
+    "Control plane for a SpacetimeDB-first sync fabric: short-lived sync tokens carrying "
+    "stream / query-set grants, OIDC discovery and JWKS, and the grant policy behind them."
+)
+
+
+async def _refresh_keys_forever(state: AppState) -> None:
+    """Pick up rotations done by any replica, and do due maintenance, every few seconds."""
+    while True:
+        await asyncio.sleep(state.settings.key_refresh_seconds)
+        try:
+            await asyncio.to_thread(state.keyring.refresh, state.sessions)
+        except Exception:  # keep serving with the last good snapshot; say so loudly
+            log.exception("signing key refresh failed; serving the previous key snapshot")
+
+
+def prepare(state: AppState) -> None:
+    """Make the replica ready to serve: keys exist and the active one decrypts."""
+    with unit_of_work(state.sessions) as session:
+        ensure_keys(session, state.settings, state.keyring.cipher)
+    with unit_of_work(state.sessions) as session:
+        state.keyring.load(session)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    state: AppState | None = None,
+    background: bool = True,
+) -> FastAPI:
+    """Build the app. `state` lets tests supply their own database binding; otherwise it is
+    built in the lifespan, so importing this module never touches a database."""
+    if settings is None:
+        settings = state.settings if state is not None else Settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        own_state = state is None
+        current = state if state is not None else AppState.build(settings)
+        app.state.control = current
+        await asyncio.to_thread(prepare, current)
+        task = asyncio.create_task(_refresh_keys_forever(current)) if background else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if own_state:
+                current.engine.dispose()
+
+    app = FastAPI(
+        title=API_TITLE,
+        version=__version__,
+        description=API_DESCRIPTION,
+        lifespan=lifespan,
+        openapi_url=None,  # served by the table's own route, identical to the committed spec
+        docs_url=None,
+        redoc_url=None,
+    )
+    install_error_handlers(app)
+    mount_routes(app, ROUTES, require)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+def build_openapi(app: FastAPI) -> dict[str, Any]:
+    """The spec, generated from the mounted (table-built) routes. Deterministic."""
+    cached: dict[str, Any] | None = getattr(app.state, "openapi_spec", None)
+    if cached is not None:
+        return cached
+    spec = get_openapi(
+        title=API_TITLE,
+        version=__version__,
+        description=API_DESCRIPTION,
+        routes=app.routes,
+    )
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    schemas["Problem"] = Problem.model_json_schema()
+    app.state.openapi_spec = spec
+    return spec

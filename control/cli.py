@@ -1,0 +1,168 @@
+"""The `control` command line: serve, migrate, export/check the spec, operate keys and orgs."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from control.settings import Settings, SettingsError
+
+SPEC_PATH = Path("openapi/openapi.json")
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def render_spec() -> str:
+    from control.app import build_openapi, create_app
+
+    spec = build_openapi(create_app(Settings(), background=False))
+    return json.dumps(spec, indent=2, sort_keys=True) + "\n"
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from control.app import create_app
+    from control.migrate import upgrade
+
+    settings = _settings()
+    # The embedded default needs nothing else on first run; a shared PostgreSQL is migrated
+    # deliberately with `control db upgrade`, never implicitly by a replica starting up.
+    if settings.sqlalchemy_url.startswith("sqlite"):
+        upgrade(settings.sqlalchemy_url)
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from control.migrate import upgrade
+
+    upgrade(_settings().sqlalchemy_url, args.revision)
+    print(f"database upgraded to {args.revision}")
+    return 0
+
+
+def cmd_openapi_export(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_spec())
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_openapi_check(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    generated = render_spec()
+    committed = path.read_text() if path.exists() else ""
+    if committed == generated:
+        print(f"{path} matches the route table")
+        return 0
+    diff = difflib.unified_diff(
+        committed.splitlines(keepends=True),
+        generated.splitlines(keepends=True),
+        fromfile=f"{path} (committed)",
+        tofile="generated from the route table",
+    )
+    sys.stdout.writelines(diff)
+    print(f"\n{path} is stale: run `control openapi export`", file=sys.stderr)
+    return 1
+
+
+def _with_session(action: Callable[[Any, Settings, Any], dict[str, Any]]) -> int:
+    from control.keys.crypto import KeyCipher
+    from control.kit.db import make_engine, make_sessionmaker, unit_of_work
+
+    settings = _settings()
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        with unit_of_work(make_sessionmaker(engine)) as session:
+            result = action(session, settings, KeyCipher(settings.key_encryption_key_bytes()))
+    finally:
+        engine.dispose()
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    from control.audit.service import record
+    from control.keys.service import ensure_keys, rotate
+
+    def action(session: Any, settings: Settings, cipher: Any) -> dict[str, Any]:
+        ensure_keys(session, settings, cipher)
+        result = rotate(session, settings, cipher)
+        record(
+            session,
+            actor="cli",
+            action="keys.rotate",
+            target=result["active"],
+            org_id=None,
+            detail=result,
+        )
+        return result
+
+    return _with_session(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="control", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the service")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.set_defaults(handler=cmd_serve)
+
+    db = commands.add_parser("db", help="database schema").add_subparsers(required=True)
+    db_upgrade = db.add_parser("upgrade", help="apply migrations")
+    db_upgrade.add_argument("revision", nargs="?", default="head")
+    db_upgrade.set_defaults(handler=cmd_db_upgrade)
+
+    openapi = commands.add_parser("openapi", help="the OpenAPI spec").add_subparsers(required=True)
+    for name, handler, text in (
+        ("export", cmd_openapi_export, "write the spec generated from the route table"),
+        ("check", cmd_openapi_check, "fail when the committed spec differs from the table"),
+    ):
+        sub = openapi.add_parser(name, help=text)
+        sub.add_argument("--path", default=str(SPEC_PATH))
+        sub.set_defaults(handler=handler)
+
+    keys = commands.add_parser("keys", help="signing keys").add_subparsers(required=True)
+    keys.add_parser("rotate", help="promote the pending key").set_defaults(handler=cmd_keys_rotate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except SettingsError as exc:
+        print(f"control: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        from control.errors import ProblemError
+        from control.keys.crypto import KeyDecryptionError
+
+        if isinstance(exc, ProblemError | KeyDecryptionError):
+            print(f"control: {exc}", file=sys.stderr)
+            return 1
+        raise
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Orgs, principals and their API-key credentials; authentication of requests."""

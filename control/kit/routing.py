@@ -1,0 +1,172 @@
+"""The route-table mechanism: routes as data, and the one function that mounts them.
+
+`control/routes.py` holds the table; this module turns each entry into a FastAPI route with its
+auth guard, its documented problem responses and, for retired entries, a 410 answer that names
+the successor and never reaches the spec. Nothing else in the project calls `add_api_route`.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from control.errors import ERROR_CODES, PROBLEM_MEDIA_TYPE, problem_response
+
+
+class Status(enum.StrEnum):
+    ACTIVE = "active"
+    RETIRED = "retired"
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may call a route: nobody needs a credential (`public`), or any of `roles`."""
+
+    roles: frozenset[str] = frozenset()
+    public: bool = False
+
+    @classmethod
+    def anyone(cls) -> Access:
+        return cls(public=True)
+
+    @classmethod
+    def role(cls, *roles: str) -> Access:
+        return cls(roles=frozenset(roles))
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    operation_id: str
+    summary: str
+    tag: str
+    access: Access
+    endpoint: Callable[..., Any] | None = None
+    request_model: type[BaseModel] | None = None
+    response_model: Any = None
+    status_code: int = 200
+    # Problem codes this route answers with beyond those its access and body imply.
+    errors: tuple[str, ...] = ()
+    status: Status = Status.ACTIVE
+    successor: str | None = None
+    response_headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def documented_errors(self) -> tuple[str, ...]:
+        """Every problem code the route may answer with, derived from what it is."""
+        codes: list[str] = []
+        if not self.access.public:
+            codes += ["unauthorized", "forbidden"]
+        if self.request_model is not None:
+            codes += ["payload_too_large", "invalid_request"]
+        if "{" in self.path:
+            codes.append("not_found")
+        codes += self.errors
+        if not self.access.public or self.request_model is not None:
+            codes.append("unavailable")
+        return tuple(dict.fromkeys(codes))
+
+    @property
+    def documented_statuses(self) -> tuple[int, ...]:
+        return tuple(sorted({ERROR_CODES[code][0] for code in self.documented_errors}))
+
+
+def _problem_responses(route: Route) -> dict[int | str, dict[str, Any]]:
+    responses: dict[int | str, dict[str, Any]] = {}
+    for code in route.documented_errors:
+        status = ERROR_CODES[code][0]
+        entry = responses.setdefault(
+            status,
+            {
+                "description": "",
+                "content": {
+                    PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}
+                },
+            },
+        )
+        entry["description"] = (
+            f"{entry['description']}, `{code}`" if entry["description"] else f"`{code}`"
+        )
+    for entry in responses.values():
+        entry["description"] = "Problem: " + entry["description"]
+    return responses
+
+
+def _retired_endpoint(route: Route) -> Callable[..., Any]:
+    successor = route.successor
+
+    async def retired(_: Request) -> JSONResponse:
+        return problem_response(
+            "route_retired",
+            f"{route.method} {route.path} is retired; use {successor}",
+            successor=successor,
+        )
+
+    retired.__name__ = route.operation_id
+    return retired
+
+
+def check_table(routes: Sequence[Route]) -> None:
+    """Refuse a table that could not describe one coherent API."""
+    seen_ids: set[str] = set()
+    seen_paths: set[tuple[str, str]] = set()
+    for route in routes:
+        key = (route.method, route.path)
+        if route.operation_id in seen_ids or key in seen_paths:
+            raise ValueError(f"duplicate route {route.method} {route.path} ({route.operation_id})")
+        seen_ids.add(route.operation_id)
+        seen_paths.add(key)
+        if route.status is Status.RETIRED:
+            if not route.successor:
+                raise ValueError(f"retired route {route.path} names no successor")
+            continue
+        if route.endpoint is None:
+            raise ValueError(f"active route {route.path} has no endpoint")
+        if route.request_model is not None:
+            annotations = [
+                p.annotation for p in inspect.signature(route.endpoint).parameters.values()
+            ]
+            if route.request_model not in annotations:
+                raise ValueError(
+                    f"{route.operation_id}: the endpoint does not take {route.request_model}"
+                )
+
+
+def mount_routes(
+    app: FastAPI,
+    routes: Sequence[Route],
+    guard: Callable[[Access], Callable[..., Any]],
+) -> None:
+    """Mount every entry of the table on `app`; `guard(access)` makes the auth dependency."""
+    check_table(routes)
+    for route in routes:
+        if route.status is Status.RETIRED:
+            app.add_api_route(
+                route.path,
+                _retired_endpoint(route),
+                methods=[route.method],
+                include_in_schema=False,
+            )
+            continue
+        assert route.endpoint is not None
+        dependencies = [] if route.access.public else [Depends(guard(route.access))]
+        app.add_api_route(
+            route.path,
+            route.endpoint,
+            methods=[route.method],
+            operation_id=route.operation_id,
+            summary=route.summary,
+            tags=[route.tag],
+            response_model=route.response_model,
+            status_code=route.status_code,
+            responses=_problem_responses(route),
+            dependencies=dependencies,
+        )

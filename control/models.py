@@ -1,0 +1,11 @@
+"""Every table, imported in one place so Alembic and the tests see the whole schema."""
+
+from control.audit.models import AuditEvent
+from control.identity.models import Credential, Org, Principal
+from control.keys.models import SigningKey
+from control.kit.db import Base
+from control.kit.locks import ControlLock
+
+metadata = Base.metadata
+
+__all__ = ["AuditEvent", "ControlLock", "Credential", "Org", "Principal", "SigningKey", "metadata"]

@@ -1,0 +1,134 @@
+"""Fixtures: real migrations into fresh SQLite and PostgreSQL databases, one rolled-back
+transaction per test, and the app served over that transaction."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Connection, Engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from control.app import create_app
+from control.keys.crypto import KeyCipher
+from control.keys.service import KeyRing
+from control.kit.db import make_engine
+from control.migrate import upgrade
+from control.settings import Settings
+from control.state import AppState
+from tests.pg import postgres_available, postgres_required, scratch_database
+
+KEK = base64.urlsafe_b64encode(b"k" * 32).decode()
+PEPPER = base64.urlsafe_b64encode(b"p" * 32).decode()
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def make_settings(database_url: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "database_url": database_url,
+        "issuer": "http://127.0.0.1:8080",
+        "audience": "spacetimedb",
+        "key_encryption_key": KEK,
+        "credential_pepper": PEPPER,
+        "mint_rate_per_second": 0,
+        **overrides,
+    }
+    return Settings(_env_file=None, **values)  # type: ignore[arg-type]
+
+
+def _sqlite_savepoints(engine: Engine) -> None:
+    # pysqlite's own transaction handling breaks SAVEPOINT; let SQLAlchemy issue BEGIN.
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection):  # type: ignore[no-untyped-def]
+        connection.exec_driver_sql("BEGIN")
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('db')}/control.db"
+        upgrade(url)
+        yield url
+        return
+    reason = postgres_available()
+    if reason is not None:
+        if postgres_required():
+            pytest.fail(f"PostgreSQL is required (CONTROL_REQUIRE_POSTGRES=1) but {reason}")
+        pytest.skip(f"SKIPPED the PostgreSQL half: {reason}")
+    with scratch_database() as url:
+        upgrade(url)
+        yield url
+
+
+@pytest.fixture(scope="session")
+def backend(database_url: str) -> str:
+    return "sqlite" if database_url.startswith("sqlite") else "postgresql"
+
+
+@pytest.fixture(scope="session")
+def engine(database_url: str) -> Iterator[Engine]:
+    settings = make_settings(database_url)
+    engine = make_engine(settings.sqlalchemy_url)
+    if database_url.startswith("sqlite"):
+        _sqlite_savepoints(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def connection(engine: Engine) -> Iterator[Connection]:
+    """One transaction per test, rolled back at the end: no test sees another's rows."""
+    with engine.connect() as connection:
+        transaction = connection.begin()
+        try:
+            yield connection
+        finally:
+            transaction.rollback()
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return make_settings(database_url)
+
+
+@pytest.fixture
+def state(settings: Settings, engine: Engine, connection: Connection) -> AppState:
+    sessions = sessionmaker(
+        bind=connection, expire_on_commit=False, join_transaction_mode="create_savepoint"
+    )
+    return AppState(
+        settings=settings,
+        engine=engine,
+        sessions=sessions,
+        keyring=KeyRing(settings, KeyCipher(settings.key_encryption_key_bytes())),
+        credential_pepper=settings.credential_pepper_bytes(),
+    )
+
+
+@pytest.fixture
+def session(state: AppState) -> Iterator[Session]:
+    with state.sessions() as session:
+        yield session
+
+
+@pytest.fixture
+def client(state: AppState) -> Iterator[TestClient]:
+    app = create_app(state=state, background=False)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture(autouse=True)
+def _no_dev_secret_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Settings built without explicit secrets must not write into the working tree.
+    monkeypatch.setenv("CONTROL_DEV_SECRETS_FILE", str(tmp_path / "secrets.json"))
+    monkeypatch.delenv("CONTROL_DATABASE_URL", raising=False)
