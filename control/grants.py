@@ -1,0 +1,260 @@
+"""The grant grammar: the one definition of stream ids, query-set references, ops, scopes, the
+`grants` claim and how a grant is matched.
+
+Minting, explain, introspection, `control.runtime` and the SpacetimeDB module's test vectors
+(`tests/vectors/`) all use this module, so what the control plane issues is exactly what the
+runtime and the module accept.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+STREAM_KIND_PATTERN = r"[a-z][a-z0-9_]{0,31}"
+STREAM_KEY_PATTERN = r"[A-Za-z0-9._~-]{1,128}"
+QUERY_SET_NAME_PATTERN = r"[a-z][a-z0-9_]{0,63}"
+
+_STREAM_KIND = re.compile(rf"^{STREAM_KIND_PATTERN}\Z")
+_STREAM_ID = re.compile(rf"^({STREAM_KIND_PATTERN}):({STREAM_KEY_PATTERN})\Z")
+_QUERY_SET_NAME = re.compile(rf"^{QUERY_SET_NAME_PATTERN}\Z")
+_QUERY_SET_REF = re.compile(rf"^({QUERY_SET_NAME_PATTERN})@([1-9][0-9]{{0,8}})\Z")
+
+# Bounds on a claim we parse, so a hostile token cannot make us do unbounded work.
+MAX_GRANTS_PER_CLAIM = 256
+MAX_QUERY_SETS_PER_GRANT = 32
+
+TOKEN_USE = "sync"
+
+
+class Op(enum.StrEnum):
+    SUBSCRIBE = "subscribe"
+    APPEND = "append"
+    CHECKPOINT = "checkpoint"
+
+
+OP_SCOPES: Mapping[Op, str] = {
+    Op.SUBSCRIBE: "sync.subscribe",
+    Op.APPEND: "sync.append",
+    Op.CHECKPOINT: "sync.checkpoint.write",
+}
+OP_ORDER = tuple(Op)
+_OP_VALUES = frozenset(op.value for op in Op)
+
+
+class GrammarError(ValueError):
+    """A value does not follow the grant grammar; `code` says which rule it broke."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class GrantDecision(ValueError):
+    """A grant does not cover a request; `code` is one of the `*_not_granted` codes."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True, order=True)
+class StreamId:
+    kind: str
+    key: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.key}"
+
+
+def parse_stream_id(value: object) -> StreamId:
+    if not isinstance(value, str) or (match := _STREAM_ID.match(value)) is None:
+        raise GrammarError(
+            "invalid_stream_id",
+            f"{value!r} is not a stream id (`<kind>:<key>`, kind {STREAM_KIND_PATTERN}, "
+            f"key {STREAM_KEY_PATTERN})",
+        )
+    return StreamId(match.group(1), match.group(2))
+
+
+def is_stream_kind(value: object) -> bool:
+    return isinstance(value, str) and _STREAM_KIND.match(value) is not None
+
+
+def is_query_set_name(value: object) -> bool:
+    return isinstance(value, str) and _QUERY_SET_NAME.match(value) is not None
+
+
+@dataclass(frozen=True, order=True)
+class QuerySetRef:
+    name: str
+    version: int
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+def parse_query_set_ref(value: object) -> QuerySetRef:
+    if not isinstance(value, str) or (match := _QUERY_SET_REF.match(value)) is None:
+        raise GrammarError("invalid_query_set", f"{value!r} is not a query-set ref `name@version`")
+    return QuerySetRef(match.group(1), int(match.group(2)))
+
+
+def parse_op(value: object) -> Op:
+    if isinstance(value, str) and value in _OP_VALUES:
+        return Op(value)
+    raise GrammarError("invalid_op", f"{value!r} is not an op ({', '.join(OP_ORDER)})")
+
+
+def scope_for(ops: Iterable[Op]) -> str:
+    """The space-separated `scope` claim for a set of ops, in a stable order."""
+    present = set(ops)
+    return " ".join(OP_SCOPES[op] for op in OP_ORDER if op in present)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One entry of the `grants` claim: a stream, the query sets and the ops allowed on it."""
+
+    stream: str
+    query_sets: tuple[str, ...]
+    ops: tuple[Op, ...]
+
+    def to_claim(self) -> dict[str, Any]:
+        return {"stream": self.stream, "query_sets": list(self.query_sets), "ops": list(self.ops)}
+
+    def allows(self, query_set: str | None = None, op: Op | str = Op.SUBSCRIBE) -> None:
+        """Raise `GrantDecision` unless this grant covers `query_set` (a name, or an exact
+        `name@version`) and `op`."""
+        if query_set is not None:
+            wanted_exact = "@" in query_set
+            for ref in self.query_sets:
+                if ref == query_set or (not wanted_exact and ref.split("@", 1)[0] == query_set):
+                    break
+            else:
+                raise GrantDecision(
+                    "query_set_not_granted", f"{query_set} is not granted on {self.stream}"
+                )
+        if op not in self.ops:
+            raise GrantDecision("op_not_granted", f"{op} is not granted on {self.stream}")
+
+
+def make_grant(stream: str, query_sets: Iterable[str], ops: Iterable[Op]) -> Grant:
+    present = set(ops)
+    return Grant(
+        stream=stream,
+        query_sets=tuple(sorted(set(query_sets))),
+        ops=tuple(op for op in OP_ORDER if op in present),
+    )
+
+
+def parse_grants(value: object) -> tuple[Grant, ...]:
+    """Parse a `grants` claim strictly: any deviation from the shape rejects the whole claim."""
+
+    def malformed(why: str) -> GrammarError:
+        return GrammarError("malformed_grants", f"grants claim is malformed: {why}")
+
+    if not isinstance(value, list):
+        raise malformed("not a list")
+    if len(value) > MAX_GRANTS_PER_CLAIM:
+        raise malformed(f"more than {MAX_GRANTS_PER_CLAIM} grants")
+    grants: list[Grant] = []
+    seen: set[str] = set()
+    for entry in value:
+        if not isinstance(entry, dict) or set(entry) != {"stream", "query_sets", "ops"}:
+            raise malformed("each grant is exactly {stream, query_sets, ops}")
+        try:
+            stream = str(parse_stream_id(entry["stream"]))
+        except GrammarError as exc:
+            raise malformed(str(exc)) from None
+        if stream in seen:
+            raise malformed(f"{stream} appears twice")
+        seen.add(stream)
+        query_sets, ops = entry["query_sets"], entry["ops"]
+        if not isinstance(query_sets, list) or len(query_sets) > MAX_QUERY_SETS_PER_GRANT:
+            raise malformed(f"query_sets of {stream} is not a list of at most 32 refs")
+        if not isinstance(ops, list) or not ops:
+            raise malformed(f"ops of {stream} is not a non-empty list")
+        try:
+            refs = [str(parse_query_set_ref(ref)) for ref in query_sets]
+            parsed_ops = [parse_op(op) for op in ops]
+        except GrammarError as exc:
+            raise malformed(str(exc)) from None
+        if len(set(refs)) != len(refs) or len(set(parsed_ops)) != len(parsed_ops):
+            raise malformed(f"duplicate query set or op on {stream}")
+        grants.append(Grant(stream, tuple(refs), tuple(parsed_ops)))
+    return tuple(grants)
+
+
+def authorize(
+    grants: Sequence[Grant], stream: str, query_set: str | None = None, op: Op | str = Op.SUBSCRIBE
+) -> Grant:
+    """The grant covering `stream`, `query_set` and `op`, or `GrantDecision` saying what not."""
+    for grant in grants:
+        if grant.stream == stream:
+            grant.allows(query_set, op)
+            return grant
+    raise GrantDecision("stream_not_granted", f"{stream} is not granted")
+
+
+class ClaimsRejected(ValueError):
+    """A token's claims are not those of a valid sync token for this issuer and audience."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+REQUIRED_CLAIMS = ("iss", "sub", "aud", "iat", "exp", "jti", "token_use", "grants")
+
+
+def _int_claim(claims: Mapping[str, Any], name: str) -> int:
+    value = claims.get(name)
+    # bool is an int in Python; a JSON `true` is not a timestamp.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ClaimsRejected("malformed", f"`{name}` must be an integer")
+    return value
+
+
+def validate_sync_claims(
+    claims: Mapping[str, Any],
+    *,
+    issuer: str,
+    audience: str,
+    now: int,
+    leeway: int = 0,
+) -> tuple[Grant, ...]:
+    """Check a decoded sync token's claims and return its grants.
+
+    The same checks, with the same codes, run in `control.runtime` and in the SpacetimeDB
+    module's `client_connected` (`tests/vectors/claims.json` holds the shared cases).
+    """
+    for name in REQUIRED_CLAIMS:
+        if name not in claims:
+            raise ClaimsRejected("malformed", f"`{name}` claim is missing")
+    sub = claims["sub"]
+    if not isinstance(sub, str) or not 1 <= len(sub.encode()) <= 128:
+        raise ClaimsRejected("malformed", "`sub` must be a string of 1 to 128 bytes")
+    if not isinstance(claims["jti"], str) or not claims["jti"]:
+        raise ClaimsRejected("malformed", "`jti` must be a non-empty string")
+    exp, iat = _int_claim(claims, "exp"), _int_claim(claims, "iat")
+    nbf = _int_claim(claims, "nbf") if "nbf" in claims else iat
+    if claims["iss"] != issuer:
+        raise ClaimsRejected("wrong_issuer", "the token was issued by another issuer")
+    aud = claims["aud"]
+    audiences = aud if isinstance(aud, list) else [aud]
+    if audience not in audiences:
+        raise ClaimsRejected("wrong_audience", "the token is for another audience")
+    if claims["token_use"] != TOKEN_USE:
+        raise ClaimsRejected("wrong_token_use", "the token is not a sync token")
+    if exp <= now - leeway:
+        raise ClaimsRejected("expired", "the token has expired")
+    if max(nbf, iat) > now + leeway:
+        raise ClaimsRejected("not_yet_valid", "the token is not valid yet")
+    try:
+        return parse_grants(claims["grants"])
+    except GrammarError as exc:
+        raise ClaimsRejected("malformed", str(exc)) from None
