@@ -117,6 +117,52 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     return _with_session(action)
 
 
+def cmd_admin_bootstrap(args: argparse.Namespace) -> int:
+    from control.identity.service import bootstrap_org
+
+    def action(session: Any, settings: Settings, _cipher: Any) -> dict[str, Any]:
+        return bootstrap_org(session, settings.credential_pepper_bytes(), args.org)
+
+    return _with_session(action)
+
+
+def cmd_token_mint(args: argparse.Namespace) -> int:
+    from control.app import prepare
+    from control.errors import NotFound
+    from control.identity.auth import Caller
+    from control.identity.models import Principal
+    from control.kit.db import unit_of_work
+    from control.state import AppState
+    from control.tokens.schemas import TokenRequest
+    from control.tokens.service import mint
+
+    state = AppState.build(_settings())
+    try:
+        prepare(state)
+        with unit_of_work(state.sessions) as session:
+            principal = session.get(Principal, args.principal)
+            if principal is None or principal.disabled:
+                raise NotFound("enabled principal")
+            caller = Caller(
+                principal_id=principal.id,
+                org_id=principal.org_id,
+                kind=principal.kind,
+                roles=frozenset(principal.roles),
+            )
+            body = TokenRequest(
+                streams=args.stream,
+                query_sets=args.query_set or None,
+                ops=args.op or None,
+                ttl_seconds=args.ttl,
+                allow_partial=args.allow_partial,
+            )
+            minted = mint(state, session, caller, body, actor="cli")
+    finally:
+        state.engine.dispose()
+    print(minted.response.model_dump_json(indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="control", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -142,11 +188,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys = commands.add_parser("keys", help="signing keys").add_subparsers(required=True)
     keys.add_parser("rotate", help="promote the pending key").set_defaults(handler=cmd_keys_rotate)
+
+    admin = commands.add_parser("admin", help="administration").add_subparsers(required=True)
+    bootstrap = admin.add_parser("bootstrap", help="create an org and its first admin key")
+    bootstrap.add_argument("--org", required=True, help="the new org's name")
+    bootstrap.set_defaults(handler=cmd_admin_bootstrap)
+
+    token = commands.add_parser("token", help="sync tokens").add_subparsers(required=True)
+    token_mint = token.add_parser("mint", help="mint a sync token for a principal (operators)")
+    token_mint.add_argument("--principal", required=True)
+    token_mint.add_argument("--stream", action="append", required=True)
+    token_mint.add_argument("--query-set", action="append")
+    token_mint.add_argument("--op", action="append", choices=["subscribe", "append", "checkpoint"])
+    token_mint.add_argument("--ttl", type=int)
+    token_mint.add_argument("--allow-partial", action="store_true")
+    token_mint.set_defaults(handler=cmd_token_mint)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     try:
         code: int = args.handler(args)
@@ -157,7 +219,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from control.errors import ProblemError
         from control.keys.crypto import KeyDecryptionError
 
-        if isinstance(exc, ProblemError | KeyDecryptionError):
+        if isinstance(exc, ProblemError):
+            extras = f" {json.dumps(exc.extras)}" if exc.extras else ""
+            print(f"control: {exc.code}: {exc.detail}{extras}", file=sys.stderr)
+            return 1
+        if isinstance(exc, KeyDecryptionError):
             print(f"control: {exc}", file=sys.stderr)
             return 1
         raise

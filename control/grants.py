@@ -27,7 +27,7 @@ _QUERY_SET_REF = re.compile(rf"^({QUERY_SET_NAME_PATTERN})@([1-9][0-9]{{0,8}})\Z
 MAX_GRANTS_PER_CLAIM = 256
 MAX_QUERY_SETS_PER_GRANT = 32
 
-TOKEN_USE = "sync"
+TOKEN_USE = "sync"  # noqa: S105 - the claim value, not a secret
 
 
 class Op(enum.StrEnum):

@@ -5,7 +5,21 @@ from control.identity.models import Credential, Org, Principal
 from control.keys.models import SigningKey
 from control.kit.db import Base
 from control.kit.locks import ControlLock
+from control.policy.models import GrantRule, QuerySet, Stream
+from control.tokens.models import Revocation
 
 metadata = Base.metadata
 
-__all__ = ["AuditEvent", "ControlLock", "Credential", "Org", "Principal", "SigningKey", "metadata"]
+__all__ = [
+    "AuditEvent",
+    "ControlLock",
+    "Credential",
+    "GrantRule",
+    "Org",
+    "Principal",
+    "QuerySet",
+    "Revocation",
+    "SigningKey",
+    "Stream",
+    "metadata",
+]

@@ -7,15 +7,42 @@ its successor, so "retired but active" cannot be expressed.
 
 from __future__ import annotations
 
+from control.audit import endpoints as audit
+from control.audit.endpoints import AuditEventOut
+from control.identity import endpoints as identity
+from control.identity.schemas import (
+    CredentialCreate,
+    CredentialIssued,
+    CredentialOut,
+    PrincipalCreate,
+    PrincipalOut,
+    PrincipalUpdate,
+)
 from control.keys import endpoints as keys
 from control.keys.schemas import JWKS, KeyList, OpenIDConfiguration, RotationResult
+from control.kit.pagination import Page
 from control.kit.routing import Access, Route, Status
+from control.policy import endpoints as policy
+from control.policy.schemas import (
+    GrantRuleCreate,
+    GrantRuleOut,
+    QuerySetCreate,
+    QuerySetOut,
+    QuerySetUpdate,
+    StreamCreate,
+    StreamOut,
+)
 from control.system import endpoints as system
+from control.tokens import endpoints as tokens
+from control.tokens.schemas import ExplainRequest, ExplainResponse, TokenRequest, TokenResponse
 
 TOKEN_ROUTE = "/api/sync/token"  # noqa: S105 - a path, not a secret
 
 ANYONE = Access.anyone()
 OPERATOR = Access.role("operator")
+ADMIN = Access.role("admin")
+MEMBER = Access.role("member")
+SERVICE_OR_ADMIN = Access.role("service", "admin")
 
 ROUTES: tuple[Route, ...] = (
     # --- system -------------------------------------------------------------------------
@@ -38,6 +65,81 @@ ROUTES: tuple[Route, ...] = (
           "Promote the pending key, retire the active one, publish a new pending key",
           "keys", OPERATOR, keys.rotate_keys, response_model=RotationResult,
           errors=("conflict",)),
+    # --- tokens -------------------------------------------------------------------------
+    Route("POST", TOKEN_ROUTE, "mint_sync_token",
+          "Mint a sync token carrying stream / query-set grants (the canonical token route)",
+          "tokens", MEMBER, tokens.mint_token, request_model=TokenRequest,
+          response_model=TokenResponse,
+          errors=("stream_not_granted", "too_many_streams", "rate_limited")),
+    Route("POST", "/api/streams", "register_stream", "Register a stream (owner, org)",
+          "streams", SERVICE_OR_ADMIN, policy.register_stream, request_model=StreamCreate,
+          response_model=StreamOut, status_code=201, errors=("conflict",)),
+    # --- admin: principals and credentials -----------------------------------------------
+    Route("POST", "/api/admin/principals", "create_principal", "Create a principal",
+          "principals", ADMIN, identity.create_principal, request_model=PrincipalCreate,
+          response_model=PrincipalOut, status_code=201),
+    Route("GET", "/api/admin/principals", "list_principals", "List principals", "principals",
+          ADMIN, identity.list_principals, response_model=Page[PrincipalOut],
+          errors=("invalid_request",)),
+    Route("GET", "/api/admin/principals/{principal_id}", "get_principal", "Read a principal",
+          "principals", ADMIN, identity.get_principal, response_model=PrincipalOut),
+    Route("PATCH", "/api/admin/principals/{principal_id}", "update_principal",
+          "Change a principal's roles or disable it", "principals", ADMIN,
+          identity.update_principal, request_model=PrincipalUpdate, response_model=PrincipalOut),
+    Route("DELETE", "/api/admin/principals/{principal_id}", "delete_principal",
+          "Delete a principal", "principals", ADMIN, identity.delete_principal,
+          status_code=204, errors=("conflict",)),
+    Route("POST", "/api/admin/principals/{principal_id}/credentials", "create_credential",
+          "Issue an API key (shown once)", "principals", ADMIN, identity.create_credential,
+          request_model=CredentialCreate, response_model=CredentialIssued, status_code=201),
+    Route("GET", "/api/admin/principals/{principal_id}/credentials", "list_credentials",
+          "List a principal's credentials (no secrets)", "principals", ADMIN,
+          identity.list_credentials, response_model=Page[CredentialOut],
+          errors=("invalid_request",)),
+    Route("DELETE", "/api/admin/credentials/{credential_id}", "revoke_credential",
+          "Revoke a credential", "principals", ADMIN, identity.revoke_credential,
+          status_code=204),
+    # --- admin: streams, query sets, grant rules -----------------------------------------
+    Route("GET", "/api/admin/streams", "list_streams", "List streams", "streams", ADMIN,
+          policy.list_streams, response_model=Page[StreamOut], errors=("invalid_request",)),
+    Route("GET", "/api/admin/streams/{stream_id}", "get_stream", "Read a stream", "streams",
+          ADMIN, policy.get_stream, response_model=StreamOut),
+    Route("DELETE", "/api/admin/streams/{stream_id}", "delete_stream", "Delete a stream",
+          "streams", ADMIN, policy.delete_stream, status_code=204),
+    Route("POST", "/api/admin/query-sets", "create_query_set", "Define a query set",
+          "policy", ADMIN, policy.create_query_set, request_model=QuerySetCreate,
+          response_model=QuerySetOut, status_code=201, errors=("conflict",)),
+    Route("GET", "/api/admin/query-sets", "list_query_sets", "List query sets", "policy",
+          ADMIN, policy.list_query_sets, response_model=Page[QuerySetOut],
+          errors=("invalid_request",)),
+    Route("GET", "/api/admin/query-sets/{name}", "get_query_set", "Read a query set",
+          "policy", ADMIN, policy.get_query_set, response_model=QuerySetOut),
+    Route("PUT", "/api/admin/query-sets/{name}", "update_query_set",
+          "Replace a query set's queries (bumps its version)", "policy", ADMIN,
+          policy.update_query_set, request_model=QuerySetUpdate, response_model=QuerySetOut,
+          errors=("conflict",)),
+    Route("DELETE", "/api/admin/query-sets/{name}", "delete_query_set", "Delete a query set",
+          "policy", ADMIN, policy.delete_query_set, status_code=204, errors=("conflict",)),
+    Route("POST", "/api/admin/grant-rules", "create_grant_rule", "Create a grant rule",
+          "policy", ADMIN, policy.create_rule, request_model=GrantRuleCreate,
+          response_model=GrantRuleOut, status_code=201),
+    Route("GET", "/api/admin/grant-rules", "list_grant_rules", "List grant rules", "policy",
+          ADMIN, policy.list_rules, response_model=Page[GrantRuleOut],
+          errors=("invalid_request",)),
+    Route("GET", "/api/admin/grant-rules/{rule_id}", "get_grant_rule", "Read a grant rule",
+          "policy", ADMIN, policy.get_rule, response_model=GrantRuleOut),
+    Route("PUT", "/api/admin/grant-rules/{rule_id}", "update_grant_rule",
+          "Replace a grant rule", "policy", ADMIN, policy.update_rule,
+          request_model=GrantRuleCreate, response_model=GrantRuleOut),
+    Route("DELETE", "/api/admin/grant-rules/{rule_id}", "delete_grant_rule",
+          "Delete a grant rule", "policy", ADMIN, policy.delete_rule, status_code=204),
+    Route("POST", "/api/admin/explain", "explain",
+          "Dry-run the policy engine for a principal: the decision a mint would make",
+          "policy", ADMIN, tokens.explain, request_model=ExplainRequest,
+          response_model=ExplainResponse, errors=("not_found", "too_many_streams")),
+    Route("GET", "/api/admin/audit", "list_audit", "Page through the audit log", "audit",
+          ADMIN, audit.list_audit, response_model=Page[AuditEventOut],
+          errors=("invalid_request",)),
     # --- retired ------------------------------------------------------------------------
     Route("POST", "/api/spacetime/token", "retired_spacetime_token", "Retired token route",
           "retired", ANYONE, status=Status.RETIRED, successor=TOKEN_ROUTE),

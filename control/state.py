@@ -6,7 +6,6 @@ Built in the app's lifespan (never at import) so tests and replicas each get the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -14,7 +13,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from control.keys.crypto import KeyCipher
 from control.keys.service import KeyRing
 from control.kit.db import make_engine, make_sessionmaker
+from control.policy.engine import PolicyCache
 from control.settings import Settings
+from control.tokens.ratelimit import RateLimiter
 
 
 @dataclass
@@ -24,8 +25,14 @@ class AppState:
     sessions: sessionmaker[Session]
     keyring: KeyRing
     credential_pepper: bytes
-    # Per-process caches owned by the services that fill them (policy, rate limits, ...).
-    caches: dict[str, Any] = field(default_factory=dict)
+    # Per-process: compiled policies per org (valid for one policy_rev) and mint rate limits.
+    policies: PolicyCache = field(default_factory=PolicyCache)
+    mint_limiter: RateLimiter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.mint_limiter = RateLimiter(
+            self.settings.mint_rate_per_second, self.settings.mint_burst
+        )
 
     @classmethod
     def build(cls, settings: Settings) -> AppState:

@@ -17,6 +17,7 @@ from control.identity.models import Credential, Principal
 from control.identity.secrets import hash_api_key, looks_like_api_key
 from control.kit.db import utcnow
 from control.kit.routing import Access
+from control.views import OrgView
 
 bearer_scheme = HTTPBearer(auto_error=False, description="An API key (`ctl_…`).")
 
@@ -88,3 +89,11 @@ def require(access: Access) -> Callable[[Caller], None]:
             raise Forbidden(f"this route needs the {needed} role")
 
     return guard
+
+
+def org_view(session: SessionDep, caller: CallerDep) -> OrgView:
+    """The caller's view of org-owned rows (see `control.views`)."""
+    return OrgView(session, caller.org_id)
+
+
+ViewDep = Annotated[OrgView, Depends(org_view)]

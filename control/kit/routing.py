@@ -132,7 +132,8 @@ def check_table(routes: Sequence[Route]) -> None:
             raise ValueError(f"active route {route.path} has no endpoint")
         if route.request_model is not None:
             annotations = [
-                p.annotation for p in inspect.signature(route.endpoint).parameters.values()
+                p.annotation
+                for p in inspect.signature(route.endpoint, eval_str=True).parameters.values()
             ]
             if route.request_model not in annotations:
                 raise ValueError(

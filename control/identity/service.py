@@ -1,0 +1,209 @@
+"""Orgs, principals and credentials: each change audited in the same transaction."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from control.audit.service import record
+from control.errors import Conflict, Forbidden, InvalidRequest
+from control.identity.auth import Caller
+from control.identity.models import Credential, Org, Principal
+from control.identity.schemas import CredentialCreate, PrincipalCreate, PrincipalUpdate
+from control.identity.secrets import DISPLAY_PREFIX_LENGTH, hash_api_key, new_api_key
+from control.kit.db import utcnow
+from control.kit.ids import new_id
+from control.tokens.revocations import revoke
+
+OPERATOR_ROLE = "operator"
+DEFAULT_ROLES = {"user": ["member"], "device": ["member"], "service": ["service"]}
+
+
+def bump_policy_rev(session: Session, org_id: str) -> int:
+    session.execute(update(Org).where(Org.id == org_id).values(policy_rev=Org.policy_rev + 1))
+    return int(session.scalar(select(Org.policy_rev).where(Org.id == org_id)) or 0)
+
+
+def summarize_principal(principal: Principal) -> dict[str, Any]:
+    return {"kind": principal.kind, "roles": list(principal.roles), "disabled": principal.disabled}
+
+
+def bootstrap_org(session: Session, pepper: bytes, org_name: str) -> dict[str, str]:
+    """Create an org, its first admin and that admin's API key. The first org ever is the
+    operator org: its first admin also holds `operator` (the issuer's keys are theirs)."""
+    if session.scalar(select(Org.id).where(Org.name == org_name)) is not None:
+        raise Conflict(f"an org named {org_name!r} already exists")
+    first = session.scalar(select(func.count()).select_from(Org)) == 0
+    org = Org(id=new_id("org"), name=org_name, policy_rev=1, is_operator=first)
+    session.add(org)
+    session.flush()
+    roles = ["admin", OPERATOR_ROLE] if first else ["admin"]
+    admin = Principal(
+        id=new_id("prn"), org_id=org.id, kind="user", name=f"{org_name} admin", roles=roles
+    )
+    session.add(admin)
+    session.flush()
+    issued, key = _new_credential(session, pepper, admin, name="bootstrap", expires_at=None)
+    record(
+        session,
+        actor="cli",
+        action="org.bootstrap",
+        target=org.id,
+        org_id=org.id,
+        detail={"name": org_name, "admin": admin.id, "operator": first, "credential": issued.id},
+    )
+    return {"org_id": org.id, "principal_id": admin.id, "api_key": key}
+
+
+def _check_roles(caller: Caller, roles: list[str]) -> None:
+    if OPERATOR_ROLE in roles and OPERATOR_ROLE not in caller.roles:
+        raise Forbidden("only an operator may grant the operator role")
+
+
+def create_principal(session: Session, caller: Caller, body: PrincipalCreate) -> Principal:
+    roles = sorted(set(body.roles if body.roles is not None else DEFAULT_ROLES[body.kind]))
+    _check_roles(caller, roles)
+    principal = Principal(
+        id=new_id("prn"), org_id=caller.org_id, kind=body.kind, name=body.name, roles=roles
+    )
+    session.add(principal)
+    session.flush()
+    rev = bump_policy_rev(session, caller.org_id)
+    record(
+        session,
+        actor=caller.principal_id,
+        action="principal.create",
+        target=principal.id,
+        org_id=caller.org_id,
+        detail={"after": summarize_principal(principal), "policy_rev": rev},
+    )
+    return principal
+
+
+def update_principal(
+    session: Session, caller: Caller, principal: Principal, body: PrincipalUpdate
+) -> Principal:
+    before = summarize_principal(principal)
+    narrowed = False
+    if body.roles is not None:
+        roles = sorted(set(body.roles))
+        if set(roles) ^ set(principal.roles):
+            _check_roles(caller, [r for r in roles if r not in principal.roles])
+            if OPERATOR_ROLE in set(principal.roles) - set(roles):
+                _check_roles(caller, [OPERATOR_ROLE])
+        narrowed |= bool(set(principal.roles) - set(roles))
+        principal.roles = roles
+    if body.disabled is not None:
+        narrowed |= body.disabled and not principal.disabled
+        principal.disabled = body.disabled
+    after = summarize_principal(principal)
+    if before == after:
+        return principal
+    principal.updated_at = utcnow()
+    session.flush()
+    rev = bump_policy_rev(session, caller.org_id)
+    if narrowed:
+        # What the principal may get shrank: its outstanding tokens die now, not at expiry.
+        revoke(
+            session,
+            org_id=caller.org_id,
+            kind="subject",
+            value=principal.id,
+            reason="principal narrowed",
+        )
+    record(
+        session,
+        actor=caller.principal_id,
+        action="principal.update",
+        target=principal.id,
+        org_id=caller.org_id,
+        detail={"before": before, "after": after, "policy_rev": rev, "revoked": narrowed},
+    )
+    return principal
+
+
+def delete_principal(session: Session, caller: Caller, principal: Principal) -> None:
+    if principal.id == caller.principal_id:
+        raise Conflict("a principal cannot delete itself")
+    before = summarize_principal(principal)
+    session.delete(principal)
+    session.flush()
+    rev = bump_policy_rev(session, caller.org_id)
+    revoke(session, org_id=caller.org_id, kind="subject", value=principal.id, reason="deleted")
+    record(
+        session,
+        actor=caller.principal_id,
+        action="principal.delete",
+        target=principal.id,
+        org_id=caller.org_id,
+        detail={"before": before, "policy_rev": rev},
+    )
+
+
+def _new_credential(
+    session: Session, pepper: bytes, principal: Principal, *, name: str | None, expires_at: Any
+) -> tuple[Credential, str]:
+    key = new_api_key()
+    credential = Credential(
+        id=new_id("cred"),
+        org_id=principal.org_id,
+        principal_id=principal.id,
+        name=name,
+        prefix=key[:DISPLAY_PREFIX_LENGTH],
+        key_hash=hash_api_key(pepper, key),
+        expires_at=expires_at,
+    )
+    session.add(credential)
+    session.flush()
+    return credential, key
+
+
+def issue_credential(
+    session: Session, pepper: bytes, caller: Caller, principal: Principal, body: CredentialCreate
+) -> tuple[Credential, str]:
+    expires_at: datetime | None = body.expires_at
+    if expires_at is not None:
+        if expires_at.tzinfo is None:
+            raise InvalidRequest("`expires_at` must carry a timezone (RFC 3339)")
+        if expires_at <= utcnow():
+            raise InvalidRequest("`expires_at` is in the past")
+    credential, key = _new_credential(
+        session, pepper, principal, name=body.name, expires_at=expires_at
+    )
+    record(
+        session,
+        actor=caller.principal_id,
+        action="credential.create",
+        target=credential.id,
+        org_id=caller.org_id,
+        detail={"principal_id": principal.id, "prefix": credential.prefix},
+    )
+    return credential, key
+
+
+def revoke_credential(
+    session: Session, caller: Caller, credential: Credential, reason: str | None = None
+) -> None:
+    """Stop the credential authenticating and kill the tokens its principal holds: tokens do
+    not name the credential that minted them, so the subject's tokens are revoked with it."""
+    if credential.revoked_at is None:
+        credential.revoked_at = utcnow()
+        session.flush()
+    revoke(
+        session,
+        org_id=caller.org_id,
+        kind="subject",
+        value=credential.principal_id,
+        reason=reason or f"credential {credential.id} revoked",
+    )
+    record(
+        session,
+        actor=caller.principal_id,
+        action="credential.revoke",
+        target=credential.id,
+        org_id=caller.org_id,
+        detail={"principal_id": credential.principal_id},
+    )

@@ -1,0 +1,1 @@
+"""Grant policy: registered streams, query sets, grant rules, and the engine that decides."""

@@ -1,0 +1,1 @@
+"""Sync tokens: minting at the canonical endpoint, introspection, revocations."""

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, StringConstraints
+
+from control.grants import Op
+from control.kit.schemas import EntityId, RequestBody
+
+StreamText = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+QuerySetText = Annotated[str, StringConstraints(min_length=1, max_length=80)]
+DeviceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._~-]{1,128}$")]
+
+
+class TokenRequest(RequestBody):
+    streams: list[StreamText] = Field(min_length=1, max_length=1024)
+    query_sets: list[QuerySetText] | None = Field(default=None, max_length=64)
+    ops: list[Op] | None = Field(default=None, max_length=3)
+    ttl_seconds: int | None = None
+    device_id: DeviceId | None = None
+    allow_partial: bool = False
+
+
+class GrantOut(BaseModel):
+    stream: str
+    query_sets: list[str]
+    ops: list[str]
+
+
+class Denial(BaseModel):
+    stream: str
+    reason: str
+
+
+class TokenResponse(BaseModel):
+    token: str
+    token_type: str = "Bearer"  # noqa: S105
+    expires_in: int
+    expires_at: datetime
+    refresh_after: datetime
+    issuer: str
+    audience: str
+    subject: str
+    identity: str
+    org_id: str
+    kid: str
+    jti: str
+    grants: list[GrantOut]
+    denied: list[Denial]
+    policy_rev: int
+
+
+class ExplainRequest(RequestBody):
+    principal_id: EntityId
+    streams: list[StreamText] = Field(min_length=1, max_length=1024)
+    query_sets: list[QuerySetText] | None = Field(default=None, max_length=64)
+    ops: list[Op] | None = Field(default=None, max_length=3)
+
+
+class ExplainDecision(BaseModel):
+    stream: str
+    allowed: bool
+    query_sets: list[str]
+    ops: list[str]
+    reason: str | None
+    rule_ids: list[str]
+
+
+class ExplainResponse(BaseModel):
+    policy_rev: int
+    decisions: list[ExplainDecision]
+
+
+ClaimsDict = dict[str, Any]

@@ -1,0 +1,214 @@
+"""Minting sync tokens: decide with the policy engine, sign with this replica's active key."""
+
+from __future__ import annotations
+
+import math
+import random
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import jwt
+from sqlalchemy.orm import Session
+
+from control.audit.service import record
+from control.errors import Forbidden, InvalidRequest, ProblemError
+from control.grants import (
+    TOKEN_USE,
+    GrammarError,
+    Op,
+    is_query_set_name,
+    parse_query_set_ref,
+    parse_stream_id,
+    scope_for,
+)
+from control.identity.auth import Caller
+from control.policy.engine import Decision, Subject, current_policy_rev, decide
+from control.settings import Settings
+from control.state import AppState
+from control.tokens.identity import spacetimedb_identity
+from control.tokens.revocations import subject_not_before
+from control.tokens.schemas import Denial, GrantOut, TokenRequest, TokenResponse
+from control.views import OrgView
+
+# Refresh at about 80 % of the TTL, spread by ±5 % so a fleet does not refresh in lockstep.
+REFRESH_FRACTION = 0.80
+REFRESH_JITTER = 0.05
+
+
+class StreamsNotGranted(ProblemError):
+    def __init__(self, denied: list[Denial]) -> None:
+        names = ", ".join(f"{d.stream} ({d.reason})" for d in denied[:5])
+        super().__init__(
+            "stream_not_granted",
+            f"not granted: {names}" + (" …" if len(denied) > 5 else ""),
+            denied=[d.model_dump() for d in denied],
+        )
+
+
+def validate_request_shape(
+    streams: list[str], query_sets: list[str] | None, settings: Settings
+) -> None:
+    """Grammar checks the request model cannot express, with the contract's codes."""
+    if len(streams) > settings.max_streams_per_token:
+        raise ProblemError(
+            "too_many_streams",
+            f"a token carries at most {settings.max_streams_per_token} streams; "
+            f"{len(streams)} were requested",
+            limit=settings.max_streams_per_token,
+        )
+    errors: list[dict[str, Any]] = []
+    for index, stream in enumerate(streams):
+        try:
+            parse_stream_id(stream)
+        except GrammarError as exc:
+            errors.append({"loc": ["body", "streams", str(index)], "message": str(exc)})
+    for index, ref in enumerate(query_sets or ()):
+        if "@" in ref:
+            try:
+                parse_query_set_ref(ref)
+            except GrammarError as exc:
+                errors.append({"loc": ["body", "query_sets", str(index)], "message": str(exc)})
+        elif not is_query_set_name(ref):
+            errors.append(
+                {"loc": ["body", "query_sets", str(index)], "message": f"{ref!r} is not a name"}
+            )
+    if errors:
+        raise InvalidRequest("; ".join(e["message"] for e in errors), errors=errors)
+
+
+@dataclass(frozen=True)
+class Minted:
+    response: TokenResponse
+    claims: dict[str, Any]
+
+
+def _timestamp(epoch: int) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+def mint(
+    state: AppState, session: Session, caller: Caller, body: TokenRequest, *, actor: str
+) -> Minted:
+    """Decide and sign. Raises `StreamsNotGranted` (after auditing the denial) when strict."""
+    settings = state.settings
+    validate_request_shape(body.streams, body.query_sets, settings)
+    ttl = body.ttl_seconds if body.ttl_seconds is not None else settings.token_ttl_default_seconds
+    if not settings.token_ttl_min_seconds <= ttl <= settings.token_ttl_max_seconds:
+        raise InvalidRequest(
+            f"`ttl_seconds` must be between {settings.token_ttl_min_seconds} and "
+            f"{settings.token_ttl_max_seconds}",
+            errors=[{"loc": ["body", "ttl_seconds"], "message": "out of range"}],
+        )
+    if (
+        body.device_id is not None
+        and caller.kind == "device"
+        and body.device_id != caller.principal_id
+    ):
+        raise Forbidden("a device credential may only name its own device id")
+
+    view = OrgView(session, caller.org_id)
+    policy_rev = current_policy_rev(view)
+    policy = state.policies.get(view, policy_rev)
+    subject = Subject(caller.principal_id, caller.kind, caller.roles)
+    decisions = decide(view, policy, subject, body.streams, body.query_sets, body.ops)
+    granted = [d for d in decisions if d.allowed]
+    denied = [
+        Denial(stream=d.stream, reason=d.reason or "not_permitted")
+        for d in decisions
+        if not d.allowed
+    ]
+    if denied and (not body.allow_partial or not granted):
+        record(
+            session,
+            actor=actor,
+            action="token.denied",
+            target=caller.principal_id,
+            org_id=caller.org_id,
+            detail={
+                "denied": [d.model_dump() for d in denied],
+                "requested": len(decisions),
+                "policy_rev": policy_rev,
+            },
+        )
+        raise StreamsNotGranted(denied)
+    return _sign(state, session, caller, body, granted, denied, ttl, policy_rev, actor)
+
+
+def _sign(
+    state: AppState,
+    session: Session,
+    caller: Caller,
+    body: TokenRequest,
+    granted: list[Decision],
+    denied: list[Denial],
+    ttl: int,
+    policy_rev: int,
+    actor: str,
+) -> Minted:
+    settings = state.settings
+    ttl = min([ttl, *(d.max_ttl_seconds for d in granted if d.max_ttl_seconds is not None)])
+    iat = math.floor(datetime.now(UTC).timestamp())
+    # A subject revoked earlier in this second: stamp the revocation's second, or the new token
+    # would read as issued before the revocation (see control.tokens.revocations).
+    floor = subject_not_before(session, caller.principal_id)
+    if floor is not None and iat < floor <= iat + 1:
+        iat = floor
+    exp = iat + ttl
+    grants = [decision.grant() for decision in granted]
+    ops: set[Op] = {op for grant in grants for op in grant.ops}
+    jti = secrets.token_urlsafe(16)
+    claims: dict[str, Any] = {
+        "iss": settings.issuer,
+        "sub": caller.principal_id,
+        "aud": settings.audience,
+        "iat": iat,
+        "nbf": iat,
+        "exp": exp,
+        "jti": jti,
+        "token_use": TOKEN_USE,
+        "org_id": caller.org_id,
+        "scope": scope_for(ops),
+        "grants": [grant.to_claim() for grant in grants],
+        "policy_rev": policy_rev,
+    }
+    if body.device_id is not None:
+        claims["sid"] = body.device_id
+    active = state.keyring.snapshot.active
+    token = jwt.encode(
+        claims, active.private_key, algorithm=active.alg, headers={"kid": active.kid}
+    )
+    refresh_fraction = REFRESH_FRACTION + random.uniform(-REFRESH_JITTER, REFRESH_JITTER)
+    record(
+        session,
+        actor=actor,
+        action="token.mint",
+        target=caller.principal_id,
+        org_id=caller.org_id,
+        detail={
+            "jti": jti,
+            "kid": active.kid,
+            "exp": exp,
+            "grants": [f"{g.stream} {','.join(g.query_sets)} {','.join(g.ops)}" for g in grants],
+            "denied": [d.model_dump() for d in denied],
+            "policy_rev": policy_rev,
+        },
+    )
+    response = TokenResponse(
+        token=token,
+        expires_in=exp - iat,
+        expires_at=_timestamp(exp),
+        refresh_after=_timestamp(iat + int(ttl * refresh_fraction)),
+        issuer=settings.issuer,
+        audience=settings.audience,
+        subject=caller.principal_id,
+        identity=spacetimedb_identity(settings.issuer, caller.principal_id),
+        org_id=caller.org_id,
+        kid=active.kid,
+        jti=jti,
+        grants=[GrantOut(**grant.to_claim()) for grant in grants],
+        denied=denied,
+        policy_rev=policy_rev,
+    )
+    return Minted(response=response, claims=claims)

@@ -1,0 +1,71 @@
+"""The view layer: every read of org-owned rows passes through here.
+
+A view is bound to the caller and applies the row filter (the caller's org) to every query it
+builds, so a handler cannot forget it. A row of another org reads exactly like a missing one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol, TypeVar
+
+from sqlalchemy import ColumnElement, Select, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from control.errors import InvalidRequest, NotFound
+from control.kit.pagination import PageRequest, encode_cursor
+
+
+class OrgOwned(Protocol):
+    org_id: Any
+
+
+Row = TypeVar("Row", bound=OrgOwned)
+
+
+class OrgView:
+    """Reads of org-owned rows, filtered to one org."""
+
+    def __init__(self, session: Session, org_id: str) -> None:
+        self.session = session
+        self.org_id = org_id
+
+    def select(self, model: type[Row]) -> Select[Row]:
+        return select(model).where(model.org_id == self.org_id)
+
+    def find(self, model: type[Row], key: Any) -> Row | None:
+        row = self.session.get(model, key)
+        if row is None or row.org_id != self.org_id:
+            return None
+        return row
+
+    def get(self, model: type[Row], key: Any, what: str) -> Row:
+        row = self.find(model, key)
+        if row is None:
+            raise NotFound(what)
+        return row
+
+    def find_by(self, model: type[Row], *conditions: ColumnElement[bool]) -> Row | None:
+        return self.session.scalars(self.select(model).where(*conditions).limit(1)).first()
+
+    def all(self, model: type[Row], *conditions: ColumnElement[bool]) -> Sequence[Row]:
+        return self.session.scalars(self.select(model).where(*conditions)).all()
+
+    def page(
+        self,
+        model: type[Row],
+        page: PageRequest,
+        key: InstrumentedAttribute[Any],
+        *conditions: ColumnElement[bool],
+    ) -> tuple[Sequence[Row], str | None]:
+        """One page ordered by `key` (unique, increasing), and the cursor of the next page."""
+        query = self.select(model).where(*conditions).order_by(key).limit(page.limit + 1)
+        if page.after is not None:
+            if not isinstance(page.after, str | int) or isinstance(page.after, bool):
+                raise InvalidRequest("`cursor` is not a cursor this service issued")
+            query = query.where(key > page.after)
+        rows = self.session.scalars(query).all()
+        if len(rows) <= page.limit:
+            return rows, None
+        rows = rows[: page.limit]
+        return rows, encode_cursor(getattr(rows[-1], key.key))

@@ -1,0 +1,491 @@
+// The grant grammar and the sync-token claim checks, as the module applies them.
+//
+// This is a line-for-line port of `control/grants.py` (`parse_grants`, `validate_sync_claims`,
+// `authorize`): the same shape rules, the same limits, the same regular expressions and the same
+// rejection codes, checked in the same order. Both sides are tested on the same vectors in
+// `tests/vectors/` (`claims.json`, `views.json`).
+//
+// Besides the grammar it holds the module's own rules, kept pure so they are tested too: how a
+// token becomes `sync_grant` rows, which view a query set opens, which rows a view shows, when a
+// row has expired and which sessions a revocation covers.
+//
+// Pure code: no import from `spacetimedb`; `index.ts` wires it to tables, reducers and views.
+
+import { hasKey, isJsonObject, type JsonObject, type JsonValue } from './json.js';
+
+// ---------------------------------------------------------------------------------------------
+// Grammar (control/grants.py)
+
+export const STREAM_KIND_PATTERN = '[a-z][a-z0-9_]{0,31}';
+export const STREAM_KEY_PATTERN = '[A-Za-z0-9._~-]{1,128}';
+export const QUERY_SET_NAME_PATTERN = '[a-z][a-z0-9_]{0,63}';
+
+// JavaScript's `$` without the `m` flag matches only at the very end, like Python's `\Z`.
+const STREAM_ID = new RegExp(`^(${STREAM_KIND_PATTERN}):(${STREAM_KEY_PATTERN})$`);
+const QUERY_SET_REF = new RegExp(`^(${QUERY_SET_NAME_PATTERN})@([1-9][0-9]{0,8})$`);
+
+/** Bounds on a claim we parse, so a hostile token cannot make us do unbounded work. */
+export const MAX_GRANTS_PER_CLAIM = 256;
+export const MAX_QUERY_SETS_PER_GRANT = 32;
+
+export const TOKEN_USE = 'sync';
+
+export const OPS = ['subscribe', 'append', 'checkpoint'] as const;
+export type Op = (typeof OPS)[number];
+
+export const OP_SCOPES: Readonly<Record<Op, string>> = {
+  subscribe: 'sync.subscribe',
+  append: 'sync.append',
+  checkpoint: 'sync.checkpoint.write',
+};
+
+/** A value does not follow the grant grammar; `code` says which rule it broke. */
+export class GrammarError extends Error {
+  constructor(readonly code: string, message: string) {
+    super(message);
+    this.name = 'GrammarError';
+  }
+}
+
+/** A grant does not cover a request; `code` is one of the `*_not_granted` codes. */
+export class GrantDecision extends Error {
+  constructor(readonly code: GrantDecisionCode, message: string) {
+    super(message);
+    this.name = 'GrantDecision';
+  }
+}
+
+export type GrantDecisionCode = 'stream_not_granted' | 'query_set_not_granted' | 'op_not_granted';
+
+const show = (value: unknown): string => {
+  try {
+    return JSON.stringify(value) ?? String(value);
+  } catch {
+    return String(value);
+  }
+};
+
+export function parseStreamId(value: JsonValue | undefined): { kind: string; key: string } {
+  const match = typeof value === 'string' ? STREAM_ID.exec(value) : null;
+  if (match === null) {
+    throw new GrammarError(
+      'invalid_stream_id',
+      `${show(value)} is not a stream id (\`<kind>:<key>\`, kind ${STREAM_KIND_PATTERN}, ` +
+        `key ${STREAM_KEY_PATTERN})`,
+    );
+  }
+  return { kind: match[1] as string, key: match[2] as string };
+}
+
+export function parseQuerySetRef(value: JsonValue | undefined): { name: string; version: number } {
+  const match = typeof value === 'string' ? QUERY_SET_REF.exec(value) : null;
+  if (match === null) {
+    throw new GrammarError('invalid_query_set', `${show(value)} is not a query-set ref \`name@version\``);
+  }
+  return { name: match[1] as string, version: Number(match[2]) };
+}
+
+export function parseOp(value: JsonValue | undefined): Op {
+  if (typeof value === 'string' && (OPS as readonly string[]).includes(value)) return value as Op;
+  throw new GrammarError('invalid_op', `${show(value)} is not an op (${OPS.join(', ')})`);
+}
+
+/** The space-separated `scope` claim for a set of ops, in a stable order. */
+export function scopeFor(ops: Iterable<Op>): string {
+  const present = new Set(ops);
+  return OPS.filter((op) => present.has(op))
+    .map((op) => OP_SCOPES[op])
+    .join(' ');
+}
+
+/** One entry of the `grants` claim: a stream, the query sets and the ops allowed on it. */
+export interface Grant {
+  readonly stream: string;
+  readonly query_sets: readonly string[];
+  readonly ops: readonly Op[];
+}
+
+/** Parse a `grants` claim strictly: any deviation from the shape rejects the whole claim. */
+export function parseGrants(value: JsonValue | undefined): Grant[] {
+  const malformed = (why: string): GrammarError =>
+    new GrammarError('malformed_grants', `grants claim is malformed: ${why}`);
+
+  if (!Array.isArray(value)) throw malformed('not a list');
+  if (value.length > MAX_GRANTS_PER_CLAIM) {
+    throw malformed(`more than ${MAX_GRANTS_PER_CLAIM} grants`);
+  }
+  const grants: Grant[] = [];
+  const seen = new Set<string>();
+  for (const entry of value) {
+    if (!isExactGrantShape(entry)) {
+      throw malformed('each grant is exactly {stream, query_sets, ops}');
+    }
+    let stream: string;
+    try {
+      const id = parseStreamId(entry['stream']);
+      stream = `${id.kind}:${id.key}`;
+    } catch (error) {
+      throw malformed(messageOf(error));
+    }
+    if (seen.has(stream)) throw malformed(`${stream} appears twice`);
+    seen.add(stream);
+    const querySets = entry['query_sets'];
+    const ops = entry['ops'];
+    if (!Array.isArray(querySets) || querySets.length > MAX_QUERY_SETS_PER_GRANT) {
+      throw malformed(`query_sets of ${stream} is not a list of at most 32 refs`);
+    }
+    if (!Array.isArray(ops) || ops.length === 0) {
+      throw malformed(`ops of ${stream} is not a non-empty list`);
+    }
+    let refs: string[];
+    let parsedOps: Op[];
+    try {
+      refs = querySets.map((ref) => {
+        const parsed = parseQuerySetRef(ref);
+        return `${parsed.name}@${parsed.version}`;
+      });
+      parsedOps = ops.map(parseOp);
+    } catch (error) {
+      throw malformed(messageOf(error));
+    }
+    if (new Set(refs).size !== refs.length || new Set(parsedOps).size !== parsedOps.length) {
+      throw malformed(`duplicate query set or op on ${stream}`);
+    }
+    grants.push({ stream, query_sets: refs, ops: parsedOps });
+  }
+  return grants;
+}
+
+function isExactGrantShape(entry: JsonValue): entry is JsonObject {
+  if (!isJsonObject(entry)) return false;
+  const keys = Object.keys(entry);
+  return (
+    keys.length === 3 && hasKey(entry, 'stream') && hasKey(entry, 'query_sets') && hasKey(entry, 'ops')
+  );
+}
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+/** Whether `grant` covers `querySet` (a name, or an exact `name@version`) and `op`;
+ * raises `GrantDecision` otherwise (Python: `Grant.allows`). */
+export function grantAllows(grant: Grant, querySet: string | null, op: Op | string): void {
+  if (querySet !== null) {
+    const wantedExact = querySet.includes('@');
+    const covered = grant.query_sets.some(
+      (ref) => ref === querySet || (!wantedExact && querySetName(ref) === querySet),
+    );
+    if (!covered) {
+      throw new GrantDecision('query_set_not_granted', `${querySet} is not granted on ${grant.stream}`);
+    }
+  }
+  if (!(grant.ops as readonly string[]).includes(op)) {
+    throw new GrantDecision('op_not_granted', `${op} is not granted on ${grant.stream}`);
+  }
+}
+
+/** The grant covering `stream`, `querySet` and `op`, or `GrantDecision` saying what not
+ * (Python: `authorize`). */
+export function authorize(
+  grants: Iterable<Grant>,
+  stream: string,
+  querySet: string | null = null,
+  op: Op | string = 'subscribe',
+): Grant {
+  for (const grant of grants) {
+    if (grant.stream === stream) {
+      grantAllows(grant, querySet, op);
+      return grant;
+    }
+  }
+  throw new GrantDecision('stream_not_granted', `${stream} is not granted`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Claims (control/grants.py: validate_sync_claims)
+
+export const REQUIRED_CLAIMS = [
+  'iss',
+  'sub',
+  'aud',
+  'iat',
+  'exp',
+  'jti',
+  'token_use',
+  'grants',
+] as const;
+
+export type RejectCode =
+  | 'malformed'
+  | 'wrong_issuer'
+  | 'wrong_audience'
+  | 'wrong_token_use'
+  | 'expired'
+  | 'not_yet_valid';
+
+/** A token's claims are not those of a valid sync token for this issuer and audience. */
+export class ClaimsRejected extends Error {
+  constructor(readonly code: RejectCode, message: string) {
+    super(message);
+    this.name = 'ClaimsRejected';
+  }
+}
+
+export interface ClaimCheck {
+  issuer: string;
+  audience: string;
+  /** Unix seconds. */
+  now: number;
+  /** Seconds of clock skew tolerated on `exp`, `nbf` and `iat`; 0 unless configured. */
+  leeway?: number;
+}
+
+function intClaim(claims: JsonObject, name: string): number {
+  const value = claims[name];
+  // Integers only: `JsonFloat` (1.0, 1e9), strings and booleans are not timestamps.
+  if (typeof value !== 'number') {
+    throw new ClaimsRejected('malformed', `\`${name}\` must be an integer`);
+  }
+  return value;
+}
+
+/** The number of bytes `value` takes in UTF-8, or null when it holds a lone surrogate (which
+ * has no UTF-8 form). */
+export function utf8Length(value: string): number | null {
+  let bytes = 0;
+  for (let i = 0; i < value.length; i++) {
+    const c = value.charCodeAt(i);
+    if (c < 0x80) bytes += 1;
+    else if (c < 0x800) bytes += 2;
+    else if (c >= 0xd800 && c <= 0xdbff) {
+      const next = value.charCodeAt(i + 1);
+      if (!(next >= 0xdc00 && next <= 0xdfff)) return null;
+      bytes += 4;
+      i++;
+    } else if (c >= 0xdc00 && c <= 0xdfff) return null;
+    else bytes += 3;
+  }
+  return bytes;
+}
+
+/** Check a decoded sync token's claims and return its grants. The same checks, with the same
+ * codes and in the same order, as `control.grants.validate_sync_claims`. */
+export function validateSyncClaims(claims: JsonValue, check: ClaimCheck): Grant[] {
+  const { issuer, audience, now } = check;
+  const leeway = check.leeway ?? 0;
+  if (!isJsonObject(claims)) {
+    throw new ClaimsRejected('malformed', 'the token payload is not a JSON object');
+  }
+  for (const name of REQUIRED_CLAIMS) {
+    if (!hasKey(claims, name)) {
+      throw new ClaimsRejected('malformed', `\`${name}\` claim is missing`);
+    }
+  }
+  const sub = claims['sub'];
+  const subBytes = typeof sub === 'string' ? utf8Length(sub) : null;
+  if (subBytes === null || subBytes < 1 || subBytes > 128) {
+    throw new ClaimsRejected('malformed', '`sub` must be a string of 1 to 128 bytes');
+  }
+  const jti = claims['jti'];
+  if (typeof jti !== 'string' || jti === '') {
+    throw new ClaimsRejected('malformed', '`jti` must be a non-empty string');
+  }
+  const exp = intClaim(claims, 'exp');
+  const iat = intClaim(claims, 'iat');
+  const nbf = hasKey(claims, 'nbf') ? intClaim(claims, 'nbf') : iat;
+  if (claims['iss'] !== issuer) {
+    throw new ClaimsRejected('wrong_issuer', 'the token was issued by another issuer');
+  }
+  const aud = claims['aud'];
+  const audiences = Array.isArray(aud) ? aud : [aud];
+  if (!audiences.some((candidate) => candidate === audience)) {
+    throw new ClaimsRejected('wrong_audience', 'the token is for another audience');
+  }
+  if (claims['token_use'] !== TOKEN_USE) {
+    throw new ClaimsRejected('wrong_token_use', 'the token is not a sync token');
+  }
+  if (exp <= now - leeway) {
+    throw new ClaimsRejected('expired', 'the token has expired');
+  }
+  if (Math.max(nbf, iat) > now + leeway) {
+    throw new ClaimsRejected('not_yet_valid', 'the token is not valid yet');
+  }
+  try {
+    return parseGrants(claims['grants']);
+  } catch (error) {
+    throw new ClaimsRejected('malformed', messageOf(error));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Module rules: what a connection's token becomes, and what it opens
+
+/** What the module remembers of an accepted token, per connection (`sync_session`). */
+export interface TokenSession {
+  readonly subject: string;
+  readonly jti: string;
+  /** `iat`, unix seconds. */
+  readonly issued_at: number;
+  /** `exp`, unix seconds. */
+  readonly expires_at: number;
+}
+
+/** One `sync_grant` row, without the connection's identity and connection id. */
+export interface GrantRow {
+  readonly stream: string;
+  /** `name@version`, or `""` for a grant that names no query set (it then carries only ops,
+   * e.g. `append`, and opens no view). */
+  readonly query_set: string;
+  readonly ops: readonly Op[];
+  /** The token's `exp`, unix seconds. */
+  readonly expires_at: number;
+}
+
+export interface AcceptedToken {
+  readonly session: TokenSession;
+  readonly grants: readonly Grant[];
+  readonly rows: readonly GrantRow[];
+}
+
+/** Check a token's claims as `client_connected` does and compute what to store. */
+export function acceptSyncToken(claims: JsonValue, check: ClaimCheck): AcceptedToken {
+  const grants = validateSyncClaims(claims, check);
+  // validateSyncClaims has checked these claims' types.
+  const object = claims as JsonObject;
+  const session: TokenSession = {
+    subject: object['sub'] as string,
+    jti: object['jti'] as string,
+    issued_at: object['iat'] as number,
+    expires_at: object['exp'] as number,
+  };
+  return { session, grants, rows: grantRows(grants, session.expires_at) };
+}
+
+/** The `sync_grant` rows for a token's grants: one per (grant, query set), in claim order; a
+ * grant with no query set gets one row with `query_set: ""`. Every row expires with the token. */
+export function grantRows(grants: Iterable<Grant>, expiresAt: number): GrantRow[] {
+  const rows: GrantRow[] = [];
+  for (const grant of grants) {
+    const refs = grant.query_sets.length > 0 ? grant.query_sets : [''];
+    for (const ref of refs) {
+      rows.push({ stream: grant.stream, query_set: ref, ops: [...grant.ops], expires_at: expiresAt });
+    }
+  }
+  return rows;
+}
+
+/** The views of this module, each a `SELECT *` target for clients. */
+export const VIEWS = ['run_event_view', 'run_checkpoint_view'] as const;
+export type ViewName = (typeof VIEWS)[number];
+
+/**
+ * Which views a query set (by NAME; the version is ignored) opens. The module cannot read the
+ * control plane's query-set definitions, so this mirrors them: a query set opens the views its
+ * queries select from. `run_events` is DESIGN.md's example (`SELECT * FROM run_event_view`,
+ * `SELECT * FROM run_checkpoint_view`); `run_checkpoints` is checkpoints only. A query set not
+ * listed here opens nothing. `tests/vectors/views.json` carries the same table.
+ */
+export const QUERY_SET_VIEWS: Readonly<Record<string, readonly ViewName[]>> = {
+  run_events: ['run_event_view', 'run_checkpoint_view'],
+  run_checkpoints: ['run_checkpoint_view'],
+};
+
+/** `run_events` for `run_events@3`; the whole string when it has no `@`. */
+export function querySetName(ref: string): string {
+  const at = ref.indexOf('@');
+  return at < 0 ? ref : ref.slice(0, at);
+}
+
+/** The part of a `sync_grant` row the visibility and op rules read. */
+export interface GrantRowLike {
+  readonly stream: string;
+  readonly query_set: string;
+  readonly ops: readonly string[];
+}
+
+/** Whether one grant row opens `view`: it allows `subscribe` and its query set opens `view`. */
+export function rowOpensView(row: GrantRowLike, view: ViewName): boolean {
+  if (!row.ops.includes('subscribe') || row.query_set === '') return false;
+  const name = querySetName(row.query_set);
+  if (!Object.prototype.hasOwnProperty.call(QUERY_SET_VIEWS, name)) return false;
+  return (QUERY_SET_VIEWS[name] as readonly ViewName[]).includes(view);
+}
+
+/** The streams `view` shows, given the viewer's grant rows (all connections of its identity), in
+ * the order they are first granted. */
+export function visibleStreams(rows: Iterable<GrantRowLike>, view: ViewName): string[] {
+  const streams: string[] = [];
+  const seen = new Set<string>();
+  for (const row of rows) {
+    if (!seen.has(row.stream) && rowOpensView(row, view)) {
+      seen.add(row.stream);
+      streams.push(row.stream);
+    }
+  }
+  return streams;
+}
+
+/** What `view` shows: every row of every stream the viewer's grant rows open for it. The module
+ * passes an index lookup as `rowsOfStream`; tests pass a filter over plain data. */
+export function visibleRows<R>(
+  view: ViewName,
+  rows: Iterable<GrantRowLike>,
+  rowsOfStream: (stream: string) => Iterable<R>,
+): R[] {
+  const out: R[] = [];
+  for (const stream of visibleStreams(rows, view)) {
+    for (const row of rowsOfStream(stream)) out.push(row);
+  }
+  return out;
+}
+
+/** Whether the caller's grant rows (those of the calling connection) allow `op` on `stream`;
+ * raises `GrantDecision` with `stream_not_granted` or `op_not_granted` otherwise, as
+ * `control.grants.authorize(grants, stream, None, op)` does. */
+export function authorizeOp(rows: Iterable<GrantRowLike>, stream: string, op: Op): void {
+  let streamGranted = false;
+  for (const row of rows) {
+    if (row.stream !== stream) continue;
+    if (row.ops.includes(op)) return;
+    streamGranted = true;
+  }
+  if (streamGranted) {
+    throw new GrantDecision('op_not_granted', `${op} is not granted on ${stream}`);
+  }
+  throw new GrantDecision('stream_not_granted', `${stream} is not granted`);
+}
+
+/** A row (or session) expires when its token does: at `exp` itself, as `validateSyncClaims`
+ * rejects `exp <= now`. */
+export function isExpired(expiresAt: number, now: number): boolean {
+  return expiresAt <= now;
+}
+
+export type RevocationKind = 'jti' | 'subject';
+
+export interface Revocation {
+  readonly kind: RevocationKind;
+  readonly value: string;
+  /** For `subject`: tokens issued (`iat`) before this unix second are revoked. Ignored for
+   * `jti`, which revokes that one token whenever it was issued. */
+  readonly not_before: number;
+}
+
+/** Whether `revocation` covers the token behind `session`. */
+export function revocationCovers(revocation: Revocation, session: TokenSession): boolean {
+  if (revocation.kind === 'jti') return session.jti === revocation.value;
+  return session.subject === revocation.value && session.issued_at < revocation.not_before;
+}
+
+/**
+ * The longest a token we accept can live (DESIGN.md: TTL at most 900 s) plus a minute. A
+ * revocation is remembered this long after it takes effect, so a revoked token cannot be used to
+ * reconnect; after that every token it covers has expired anyway.
+ */
+export const REVOCATION_RETENTION_SECONDS = 900 + 60;
+
+export function revocationExpiresAt(revocation: Revocation, now: number): number {
+  const from = revocation.kind === 'subject' ? Math.max(now, revocation.not_before) : now;
+  return from + REVOCATION_RETENTION_SECONDS;
+}
