@@ -19,6 +19,7 @@ from control.kit.db import make_engine
 from control.migrate import upgrade
 from control.settings import Settings
 from control.state import AppState
+from tests.factories import OrgFixture, bootstrap
 from tests.pg import postgres_available, postgres_required, scratch_database
 
 KEK = base64.urlsafe_b64encode(b"k" * 32).decode()
@@ -132,3 +133,15 @@ def _no_dev_secret_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     # Settings built without explicit secrets must not write into the working tree.
     monkeypatch.setenv("CONTROL_DEV_SECRETS_FILE", str(tmp_path / "secrets.json"))
     monkeypatch.delenv("CONTROL_DATABASE_URL", raising=False)
+
+
+@pytest.fixture
+def org_a(state: AppState, client: TestClient) -> OrgFixture:
+    """The first org bootstrapped: the operator org."""
+    return bootstrap(state, client, "org-a")
+
+
+@pytest.fixture
+def org_b(state: AppState, client: TestClient, org_a: OrgFixture) -> OrgFixture:
+    """A second, ordinary org (its admin is not an operator)."""
+    return bootstrap(state, client, "org-b")
