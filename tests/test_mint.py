@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -63,9 +65,7 @@ def test_claims_exactly_as_designed(client: TestClient, org_a: OrgFixture, world
     assert response.headers["cache-control"] == "no-store"
     body = response.json()
     claims = verify_independently(client, body["token"])
-    header = json.loads(
-        __import__("base64").urlsafe_b64decode(body["token"].split(".")[0] + "==").decode()
-    )
+    header = json.loads(base64.urlsafe_b64decode(body["token"].split(".")[0] + "=="))
     assert header == {"alg": "ES256", "typ": "JWT", "kid": body["kid"]}
     alice_id = org_a.principals["alice"]
     assert set(claims) == {
@@ -99,7 +99,7 @@ def test_claims_exactly_as_designed(client: TestClient, org_a: OrgFixture, world
     assert body["grants"] == claims["grants"]
     assert body["denied"] == []
     assert body["expires_at"].endswith("Z") or body["expires_at"].endswith("+00:00")
-    refresh = __import__("datetime").datetime.fromisoformat(body["refresh_after"]).timestamp()
+    refresh = datetime.fromisoformat(body["refresh_after"]).timestamp()
     assert claims["iat"] + 0.74 * 300 <= refresh <= claims["iat"] + 0.86 * 300
 
 
