@@ -34,6 +34,14 @@ from control.policy.schemas import (
 )
 from control.system import endpoints as system
 from control.tokens import endpoints as tokens
+from control.tokens import introspection
+from control.tokens.introspection import (
+    IntrospectRequest,
+    IntrospectResponse,
+    RevocationCreate,
+    RevocationFeed,
+    RevocationOut,
+)
 from control.tokens.schemas import ExplainRequest, ExplainResponse, TokenRequest, TokenResponse
 
 TOKEN_ROUTE = "/api/sync/token"  # noqa: S105 - a path, not a secret
@@ -42,6 +50,7 @@ ANYONE = Access.anyone()
 OPERATOR = Access.role("operator")
 ADMIN = Access.role("admin")
 MEMBER = Access.role("member")
+SERVICE = Access.role("service")
 SERVICE_OR_ADMIN = Access.role("service", "admin")
 
 ROUTES: tuple[Route, ...] = (
@@ -71,6 +80,14 @@ ROUTES: tuple[Route, ...] = (
           "tokens", MEMBER, tokens.mint_token, request_model=TokenRequest,
           response_model=TokenResponse,
           errors=("stream_not_granted", "too_many_streams", "rate_limited")),
+    Route("POST", "/api/sync/introspect", "introspect_sync_token",
+          "Is this sync token active, and does it cover a stream / query set / op?",
+          "tokens", SERVICE, introspection.introspect, request_model=IntrospectRequest,
+          response_model=IntrospectResponse),
+    Route("GET", "/api/sync/revocations", "revocation_feed",
+          "Revocations after a cursor, in order, for runtime caches", "tokens", SERVICE,
+          introspection.revocation_feed, response_model=RevocationFeed,
+          errors=("invalid_request",)),
     Route("POST", "/api/streams", "register_stream", "Register a stream (owner, org)",
           "streams", SERVICE_OR_ADMIN, policy.register_stream, request_model=StreamCreate,
           response_model=StreamOut, status_code=201, errors=("conflict",)),
@@ -137,6 +154,10 @@ ROUTES: tuple[Route, ...] = (
           "Dry-run the policy engine for a principal: the decision a mint would make",
           "policy", ADMIN, tokens.explain, request_model=ExplainRequest,
           response_model=ExplainResponse, errors=("not_found", "too_many_streams")),
+    Route("POST", "/api/admin/revocations", "create_revocation",
+          "Revoke a token (jti), every earlier token of a subject, or a credential",
+          "tokens", ADMIN, introspection.create_revocation, request_model=RevocationCreate,
+          response_model=RevocationOut, status_code=201),
     Route("GET", "/api/admin/audit", "list_audit", "Page through the audit log", "audit",
           ADMIN, audit.list_audit, response_model=Page[AuditEventOut],
           errors=("invalid_request",)),

@@ -26,6 +26,7 @@ from control.keys.crypto import KeyCipher, SigningPrivateKey, generate_private_k
 from control.keys.models import PUBLISHED_STATES, KeyState, SigningKey
 from control.kit import locks
 from control.kit.db import unit_of_work, utcnow
+from control.runtime import VerificationKey, key_from_jwk
 from control.settings import Settings
 
 log = logging.getLogger("control.keys")
@@ -48,6 +49,8 @@ class KeySnapshot:
     etag: str
     algs: tuple[str, ...]
     loaded_at: datetime
+    # kid -> key, for verifying tokens this issuer signed (introspection).
+    verification_keys: dict[str, VerificationKey]
 
 
 def _new_key(session: Session, settings: Settings, cipher: KeyCipher, state: KeyState) -> str:
@@ -77,9 +80,23 @@ def _keys_in(session: Session, state: KeyState) -> list[SigningKey]:
     )
 
 
+def _check_decrypts(cipher: KeyCipher, keys: list[SigningKey]) -> None:
+    """Raise `KeyDecryptionError` unless `cipher` opens every key: proof that the
+    key-encryption key is the right one before anything is written under it."""
+    for key in keys:
+        cipher.decrypt(key.kid, key.private_key_encrypted)
+
+
 def ensure_keys(session: Session, settings: Settings, cipher: KeyCipher) -> None:
-    """On a fresh database: one active key and one pending key, published ahead."""
+    """On a fresh database: one active key and one pending key, published ahead.
+
+    The keys that sign now or will sign next must decrypt under `cipher` first, so a wrong
+    key-encryption key fails here instead of adding a key no other replica can open.
+    """
     locks.acquire(session, locks.KEY_RING_LOCK)
+    _check_decrypts(
+        cipher, _keys_in(session, KeyState.ACTIVE) + _keys_in(session, KeyState.PENDING)
+    )
     if not _keys_in(session, KeyState.ACTIVE):
         _new_key(session, settings, cipher, KeyState.ACTIVE)
     if not _keys_in(session, KeyState.PENDING):
@@ -94,13 +111,17 @@ def rotate(
     Refuses (409) while the pending key has been published for less than the lead time, since a
     verifier with a cached JWKS would reject tokens signed with it.
     """
-    now = now or utcnow()
     locks.acquire(session, locks.KEY_RING_LOCK)
+    # Read the clock only once the lock is held: a rotation that waited for another one must
+    # judge the lead time, and stamp `retiring_at`, by when it really happens.
+    now = now or utcnow()
     pending = _keys_in(session, KeyState.PENDING)
     if not pending:
-        _new_key(session, settings, cipher, KeyState.PENDING)
-        raise Conflict("no pending key was published yet; one is published now, rotate later")
+        # Nothing written here would survive the rollback of this 409; key maintenance
+        # (`ensure_keys`, on start-up and in every replica's refresher) publishes one.
+        raise Conflict("no pending key is published; key maintenance publishes one, rotate later")
     candidate = pending[0]
+    _check_decrypts(cipher, [candidate])
     published_for = (now - candidate.created_at).total_seconds()
     if published_for < settings.key_publish_lead_seconds:
         wait = int(settings.key_publish_lead_seconds - published_for) + 1
@@ -168,8 +189,8 @@ def _rotation_due(
 
 def maintain(session: Session, settings: Settings, cipher: KeyCipher) -> None:
     """Whichever replica gets here first: create missing keys, rotate when due, retire old."""
-    now = utcnow()
     ensure_keys(session, settings, cipher)
+    now = utcnow()  # after the lock: a replica that waited sees the rotation it waited for
     retire_expired(session, settings, now=now)
     active = _keys_in(session, KeyState.ACTIVE)[0]
     pending = _keys_in(session, KeyState.PENDING)[0]
@@ -221,6 +242,11 @@ class KeyRing:
             etag='"' + hashlib.sha256(body).hexdigest()[:32] + '"',
             algs=tuple(sorted({key.alg for key in keys})),
             loaded_at=utcnow(),
+            verification_keys={
+                kid: key
+                for kid, key in ((k.kid, key_from_jwk(k.public_jwk)) for k in keys)
+                if key is not None
+            },
         )
         with self._lock:
             self._decrypted = {row.kid: private_key}

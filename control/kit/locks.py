@@ -13,6 +13,7 @@ from control.kit.db import Base, UTCDateTime, utcnow
 
 # Lock rows are created by the migrations, one per name.
 KEY_RING_LOCK = "signing_keys"
+REVOCATIONS_LOCK = "revocations"
 
 
 class ControlLock(Base):

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from control.kit import locks
 from control.kit.db import utcnow
 from control.tokens.models import Revocation
 
@@ -30,6 +31,9 @@ def revoke(
     reason: str | None = None,
     now: datetime | None = None,
 ) -> Revocation:
+    # The feed lock makes cursors commit in order: a reader resuming after cursor N can never
+    # miss an N-1 that committed later. Revocations are rare; serializing them is cheap.
+    locks.acquire(session, locks.REVOCATIONS_LOCK)
     now = now or utcnow()
     not_before = datetime.fromtimestamp(math.floor(now.timestamp()) + 1, UTC)
     row = Revocation(

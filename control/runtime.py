@@ -1,0 +1,388 @@
+"""Verifying sync tokens and checking their grants, for runtime services.
+
+```python
+from control.runtime import GrantVerifier, TokenRejected, GrantDenied
+v = GrantVerifier(issuer=..., audience=..., jwks_url=...,
+                  revocations_url=None, api_key=None, poll_interval=10.0)
+claims = v.verify(token)              # raises TokenRejected(code=...)
+v.authorize(claims, stream="run:01J9ZK", query_set="run_events", op="subscribe")
+```
+
+Keys are cached by (issuer, kid) for as long as the JWKS response's `Cache-Control` allows and
+refetched on an unknown `kid` at most once per `min_refetch_interval`. Only ES256 and RS256 are
+accepted, whatever a token's header claims; `jku`, `x5u` and `jwk` headers are never followed.
+Claim checks and grant matching come from `control.grants`, the same module the control plane
+mints with. With a revocation feed configured, a background thread follows it and `verify`
+rejects revoked `jti`s and tokens of revoked subjects issued before the revocation. Once keys
+and revocations are cached, `verify` and `authorize` make no network call.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import jwt
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+from control.grants import (
+    ClaimsRejected,
+    Grant,
+    GrantDecision,
+    parse_grants,
+    validate_sync_claims,
+)
+from control.grants import authorize as match_grant
+
+__all__ = ["GrantDenied", "GrantVerifier", "TokenRejected", "verify_token"]
+
+log = logging.getLogger("control.runtime")
+
+ALLOWED_ALGS = frozenset({"ES256", "RS256"})
+MAX_TOKEN_BYTES = 16 * 1024
+_MAX_AGE = re.compile(r"max-age=(\d+)")
+
+
+class TokenRejected(Exception):
+    """The token is not a valid sync token. `code` is one of: invalid_signature, expired,
+    not_yet_valid, wrong_issuer, wrong_audience, wrong_token_use, unknown_key, revoked,
+    malformed."""
+
+    def __init__(self, code: str, message: str = "") -> None:
+        super().__init__(message or code)
+        self.code = code
+
+
+class GrantDenied(Exception):
+    """The token's grants do not cover the request. `code` is one of: stream_not_granted,
+    query_set_not_granted, op_not_granted."""
+
+    def __init__(self, code: str, message: str = "") -> None:
+        super().__init__(message or code)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class VerificationKey:
+    alg: str
+    key: Any
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in result:
+            # Two parsers may pick different values of a duplicated member: refuse the token.
+            raise TokenRejected("malformed", f"duplicate member {name!r}")
+        result[name] = value
+    return result
+
+
+def _segment_json(segment: str) -> dict[str, Any]:
+    try:
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        value = json.loads(raw, object_pairs_hook=_no_duplicates)
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise TokenRejected("malformed", "not base64url JSON") from None
+    if not isinstance(value, dict):
+        raise TokenRejected("malformed", "not a JSON object")
+    return value
+
+
+def key_from_jwk(jwk: Mapping[str, Any]) -> VerificationKey | None:
+    """A verification key from a published JWK, or None for keys we never accept."""
+    alg, kty = jwk.get("alg"), jwk.get("kty")
+    if alg not in ALLOWED_ALGS or jwk.get("use", "sig") != "sig":
+        return None
+    try:
+        if alg == "ES256" and kty == "EC" and jwk.get("crv") == "P-256":
+            return VerificationKey(alg, ECAlgorithm.from_jwk(dict(jwk)))
+        if alg == "RS256" and kty == "RSA":
+            return VerificationKey(alg, RSAAlgorithm.from_jwk(dict(jwk)))
+    except (jwt.InvalidKeyError, ValueError, TypeError):
+        log.warning("ignoring an unparseable published key (kid %r)", jwk.get("kid"))
+    return None
+
+
+_JWS = jwt.PyJWS(algorithms=sorted(ALLOWED_ALGS))
+
+
+def verify_token(
+    token: str,
+    find_key: Callable[[str], VerificationKey | None],
+    *,
+    issuer: str,
+    audience: str,
+    leeway: int = 30,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """Verify a sync token's signature and claims; the shared core of `GrantVerifier` and the
+    control plane's introspection. Returns the claims; raises `TokenRejected`."""
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_BYTES:
+        raise TokenRejected("malformed", "not a token, or larger than 16 KiB")
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise TokenRejected("malformed", "a JWS compact token has three parts")
+    header = _segment_json(parts[0])
+    alg, kid = header.get("alg"), header.get("kid")
+    if alg not in ALLOWED_ALGS:
+        raise TokenRejected("invalid_signature", f"algorithm {alg!r} is not accepted")
+    if "crit" in header:
+        raise TokenRejected("malformed", "critical header extensions are not supported")
+    if not isinstance(kid, str) or not kid or len(kid) > 128:
+        raise TokenRejected("unknown_key", "the token names no usable key id")
+    key = find_key(kid)
+    if key is None:
+        raise TokenRejected("unknown_key", "the token's key is not published by the issuer")
+    if key.alg != alg:
+        raise TokenRejected("invalid_signature", "the header's algorithm is not the key's")
+    try:
+        _JWS.decode_complete(token, key.key, algorithms=[key.alg])
+    except jwt.InvalidSignatureError:
+        raise TokenRejected("invalid_signature", "signature verification failed") from None
+    except jwt.PyJWTError:
+        raise TokenRejected("malformed", "the token cannot be decoded") from None
+    claims = _segment_json(parts[1])
+    try:
+        validate_sync_claims(
+            claims,
+            issuer=issuer,
+            audience=audience,
+            now=int(now if now is not None else time.time()),
+            leeway=leeway,
+        )
+    except ClaimsRejected as exc:
+        raise TokenRejected(exc.code, str(exc)) from None
+    return claims
+
+
+def authorize(
+    claims: Mapping[str, Any], stream: str, query_set: str | None = None, op: str = "subscribe"
+) -> Grant:
+    """Check verified claims cover `stream`, `query_set` (name or `name@version`) and `op`."""
+    try:
+        grants = parse_grants(claims.get("grants"))
+    except ValueError:
+        raise GrantDenied("stream_not_granted", "the token carries no valid grants") from None
+    return _match(grants, stream, query_set, op)
+
+
+def _match(grants: tuple[Grant, ...], stream: str, query_set: str | None, op: str) -> Grant:
+    try:
+        return match_grant(grants, stream, query_set, op)
+    except GrantDecision as exc:
+        raise GrantDenied(exc.code, str(exc)) from None
+
+
+class _Revocations:
+    """What the revocation feed has said so far."""
+
+    def __init__(self) -> None:
+        self.jtis: set[str] = set()
+        self.subjects: dict[str, int] = {}
+        self.cursor: str | None = None
+
+    def apply(self, entry: Mapping[str, Any]) -> None:
+        kind, value = entry.get("kind"), str(entry.get("value"))
+        if kind == "jti":
+            self.jtis.add(value)
+        elif kind == "subject":
+            not_before = _epoch(entry.get("not_before"))
+            if not_before is not None:
+                self.subjects[value] = max(self.subjects.get(value, 0), not_before)
+
+    def reason(self, claims: Mapping[str, Any]) -> str | None:
+        if claims.get("jti") in self.jtis:
+            return "revoked"
+        not_before = self.subjects.get(str(claims.get("sub")))
+        if not_before is not None and int(claims.get("iat", 0)) < not_before:
+            return "revoked"
+        return None
+
+
+def _epoch(value: Any) -> int | None:
+    from datetime import datetime
+
+    if isinstance(value, int | float):
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
+        except ValueError:
+            return None
+    return None
+
+
+class GrantVerifier:
+    """Verify sync tokens locally and check their grants. Thread-safe."""
+
+    def __init__(
+        self,
+        issuer: str,
+        audience: str,
+        jwks_url: str,
+        revocations_url: str | None = None,
+        api_key: str | None = None,
+        poll_interval: float = 10.0,
+        leeway: int = 30,
+        *,
+        min_refetch_interval: float = 30.0,
+        default_jwks_max_age: float = 300.0,
+        cache_size: int = 10_000,
+        http: httpx.Client | None = None,
+    ) -> None:
+        self.issuer = issuer
+        self.audience = audience
+        self.jwks_url = jwks_url
+        self.revocations_url = revocations_url
+        self.poll_interval = poll_interval
+        self.leeway = leeway
+        self.min_refetch_interval = min_refetch_interval
+        self.default_jwks_max_age = default_jwks_max_age
+        self._http = http or httpx.Client(timeout=5.0)
+        self._owns_http = http is None
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._keys: dict[tuple[str, str], VerificationKey] = {}
+        self._keys_expire_at = 0.0
+        self._last_fetch = float("-inf")
+        self._lock = threading.Lock()
+        # token -> verified claims. The claims handed out share their `grants` list object with
+        # the cached claims, which is how `authorize` finds grants it has already parsed.
+        self._verified: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._parsed_grants: dict[int, tuple[Any, tuple[Grant, ...]]] = {}
+        self._cache_size = cache_size
+        self._revocations = _Revocations()
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+        if revocations_url is not None:
+            self.poll_revocations()
+            self._poller = threading.Thread(
+                target=self._poll_forever, name="control-revocations", daemon=True
+            )
+            self._poller.start()
+
+    # --- keys -----------------------------------------------------------------------------
+
+    def _fetch_keys(self) -> None:
+        response = self._http.get(self.jwks_url)
+        response.raise_for_status()
+        keys: dict[tuple[str, str], VerificationKey] = {}
+        for jwk in response.json().get("keys", []):
+            kid = jwk.get("kid")
+            key = key_from_jwk(jwk) if isinstance(kid, str) else None
+            if key is not None:
+                keys[(self.issuer, kid)] = key
+        match = _MAX_AGE.search(response.headers.get("cache-control", ""))
+        max_age = float(match.group(1)) if match else self.default_jwks_max_age
+        now = time.monotonic()
+        with self._lock:
+            self._keys = keys
+            self._keys_expire_at = now + max_age
+            self._last_fetch = now
+
+    def _find_key(self, kid: str) -> VerificationKey | None:
+        now = time.monotonic()
+        key = self._keys.get((self.issuer, kid))
+        if key is not None and now < self._keys_expire_at:
+            return key
+        # Expired cache, or a kid we have not seen: refetch, but never more than once per
+        # interval, so a flood of tokens with made-up kids cannot turn into a flood of fetches.
+        if key is None and now - self._last_fetch < self.min_refetch_interval:
+            return None
+        try:
+            self._fetch_keys()
+        except (httpx.HTTPError, ValueError):
+            log.warning("fetching the JWKS failed; using the cached keys")
+            with self._lock:
+                self._last_fetch = now
+            return key
+        return self._keys.get((self.issuer, kid))
+
+    # --- revocations ----------------------------------------------------------------------
+
+    def poll_revocations(self) -> int:
+        """Read the revocation feed from where it was left; returns the entries applied."""
+        if self.revocations_url is None:
+            return 0
+        applied = 0
+        while True:
+            params = {"after": self._revocations.cursor} if self._revocations.cursor else {}
+            response = self._http.get(self.revocations_url, params=params, headers=self._headers)
+            response.raise_for_status()
+            page = response.json()
+            with self._lock:
+                for entry in page.get("items", []):
+                    self._revocations.apply(entry)
+                    applied += 1
+                self._revocations.cursor = page.get("next_cursor") or self._revocations.cursor
+            if not page.get("items"):
+                return applied
+
+    def _poll_forever(self) -> None:
+        while not self._stop.wait(self.poll_interval):
+            try:
+                self.poll_revocations()
+            except (httpx.HTTPError, ValueError):
+                log.warning("polling the revocation feed failed; will retry")
+
+    # --- public API -----------------------------------------------------------------------
+
+    def verify(self, token: str) -> dict[str, Any]:
+        """The token's claims, or `TokenRejected` with a code."""
+        claims = self._verified.get(token) if isinstance(token, str) else None
+        if claims is not None:
+            if claims["exp"] <= time.time() - self.leeway:
+                raise TokenRejected("expired", "the token has expired")
+        else:
+            claims = verify_token(
+                token, self._find_key, issuer=self.issuer, audience=self.audience,
+                leeway=self.leeway,
+            )  # fmt: skip
+            grants = claims["grants"]
+            with self._lock:
+                self._verified[token] = claims
+                self._parsed_grants[id(grants)] = (grants, parse_grants(grants))
+                if len(self._verified) > self._cache_size:
+                    _, evicted = self._verified.popitem(last=False)
+                    self._parsed_grants.pop(id(evicted["grants"]), None)
+        reason = self._revocations.reason(claims)
+        if reason is not None:
+            raise TokenRejected(reason, "the token has been revoked")
+        return dict(claims)
+
+    def authorize(
+        self,
+        claims: Mapping[str, Any],
+        stream: str,
+        query_set: str | None = None,
+        op: str = "subscribe",
+    ) -> Grant:
+        """The grant covering the request, or `GrantDenied` with a code."""
+        token_grants = claims.get("grants")
+        hit = self._parsed_grants.get(id(token_grants))
+        if hit is not None and hit[0] is token_grants:
+            return _match(hit[1], stream, query_set, op)
+        return authorize(claims, stream, query_set, op)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join(timeout=5)
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> GrantVerifier:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
