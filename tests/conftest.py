@@ -145,3 +145,21 @@ def org_a(state: AppState, client: TestClient) -> OrgFixture:
 def org_b(state: AppState, client: TestClient, org_a: OrgFixture) -> OrgFixture:
     """A second, ordinary org (its admin is not an operator)."""
     return bootstrap(state, client, "org-b")
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def fresh_database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """An empty database of each backend, for tests whose data must really commit
+    (real uvicorn processes, several connections). Not migrated: the server does that."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('e2e')}/control.db"
+        return
+    reason = postgres_available()
+    if reason is not None:
+        if postgres_required():
+            pytest.fail(f"PostgreSQL is required (CONTROL_REQUIRE_POSTGRES=1) but {reason}")
+        pytest.skip(f"SKIPPED the PostgreSQL half: {reason}")
+    with scratch_database() as url:
+        yield url
