@@ -179,9 +179,11 @@ def test_client_source_refreshes_before_expiry(server: Server, world: dict) -> N
 
 
 def test_client_source_errors(server: Server, world: dict) -> None:
-    with SyncTokenSource(server.base_url, "ctl_wrong", ["run:01J9ZK"]) as source:
-        with pytest.raises(CredentialRejected):
-            source.token()
+    with (
+        SyncTokenSource(server.base_url, "ctl_wrong", ["run:01J9ZK"]) as source,
+        pytest.raises(CredentialRejected),
+    ):
+        source.token()
     with SyncTokenSource(server.base_url, world["alice"].key, ["run:other"]) as source:
         with pytest.raises(StreamsDenied) as denied:
             source.token()
