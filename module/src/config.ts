@@ -48,7 +48,11 @@ export function configProblem(config: ModuleConfig): string | null {
   if (config.controlPlaneIdentity !== '' && !IDENTITY_HEX.test(config.controlPlaneIdentity)) {
     return 'control_plane_identity must be 64 hex characters (or "" for none)';
   }
-  if (!Number.isInteger(config.leewaySeconds) || config.leewaySeconds < 0 || config.leewaySeconds > 300) {
+  if (
+    !Number.isInteger(config.leewaySeconds) ||
+    config.leewaySeconds < 0 ||
+    config.leewaySeconds > 300
+  ) {
     return 'leeway_seconds must be an integer from 0 to 300';
   }
   return null;

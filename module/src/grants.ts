@@ -41,7 +41,10 @@ export const OP_SCOPES: Readonly<Record<Op, string>> = {
 
 /** A value does not follow the grant grammar; `code` says which rule it broke. */
 export class GrammarError extends Error {
-  constructor(readonly code: string, message: string) {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
     super(message);
     this.name = 'GrammarError';
   }
@@ -49,7 +52,10 @@ export class GrammarError extends Error {
 
 /** A grant does not cover a request; `code` is one of the `*_not_granted` codes. */
 export class GrantDecision extends Error {
-  constructor(readonly code: GrantDecisionCode, message: string) {
+  constructor(
+    readonly code: GrantDecisionCode,
+    message: string,
+  ) {
     super(message);
     this.name = 'GrantDecision';
   }
@@ -80,7 +86,10 @@ export function parseStreamId(value: JsonValue | undefined): { kind: string; key
 export function parseQuerySetRef(value: JsonValue | undefined): { name: string; version: number } {
   const match = typeof value === 'string' ? QUERY_SET_REF.exec(value) : null;
   if (match === null) {
-    throw new GrammarError('invalid_query_set', `${show(value)} is not a query-set ref \`name@version\``);
+    throw new GrammarError(
+      'invalid_query_set',
+      `${show(value)} is not a query-set ref \`name@version\``,
+    );
   }
   return { name: match[1] as string, version: Number(match[2]) };
 }
@@ -160,7 +169,10 @@ function isExactGrantShape(entry: JsonValue): entry is JsonObject {
   if (!isJsonObject(entry)) return false;
   const keys = Object.keys(entry);
   return (
-    keys.length === 3 && hasKey(entry, 'stream') && hasKey(entry, 'query_sets') && hasKey(entry, 'ops')
+    keys.length === 3 &&
+    hasKey(entry, 'stream') &&
+    hasKey(entry, 'query_sets') &&
+    hasKey(entry, 'ops')
   );
 }
 
@@ -177,7 +189,10 @@ export function grantAllows(grant: Grant, querySet: string | null, op: Op | stri
       (ref) => ref === querySet || (!wantedExact && querySetName(ref) === querySet),
     );
     if (!covered) {
-      throw new GrantDecision('query_set_not_granted', `${querySet} is not granted on ${grant.stream}`);
+      throw new GrantDecision(
+        'query_set_not_granted',
+        `${querySet} is not granted on ${grant.stream}`,
+      );
     }
   }
   if (!(grant.ops as readonly string[]).includes(op)) {
@@ -217,16 +232,14 @@ export const REQUIRED_CLAIMS = [
 ] as const;
 
 export type RejectCode =
-  | 'malformed'
-  | 'wrong_issuer'
-  | 'wrong_audience'
-  | 'wrong_token_use'
-  | 'expired'
-  | 'not_yet_valid';
+  'malformed' | 'wrong_issuer' | 'wrong_audience' | 'wrong_token_use' | 'expired' | 'not_yet_valid';
 
 /** A token's claims are not those of a valid sync token for this issuer and audience. */
 export class ClaimsRejected extends Error {
-  constructor(readonly code: RejectCode, message: string) {
+  constructor(
+    readonly code: RejectCode,
+    message: string,
+  ) {
     super(message);
     this.name = 'ClaimsRejected';
   }
@@ -369,7 +382,12 @@ export function grantRows(grants: Iterable<Grant>, expiresAt: number): GrantRow[
   for (const grant of grants) {
     const refs = grant.query_sets.length > 0 ? grant.query_sets : [''];
     for (const ref of refs) {
-      rows.push({ stream: grant.stream, query_set: ref, ops: [...grant.ops], expires_at: expiresAt });
+      rows.push({
+        stream: grant.stream,
+        query_set: ref,
+        ops: [...grant.ops],
+        expires_at: expiresAt,
+      });
     }
   }
   return rows;

@@ -15,21 +15,17 @@ export class JsonFloat {
   constructor(readonly value: number) {}
 }
 
-export type JsonValue =
-  | null
-  | boolean
-  | number
-  | string
-  | JsonFloat
-  | JsonValue[]
-  | JsonObject;
+export type JsonValue = null | boolean | number | string | JsonFloat | JsonValue[] | JsonObject;
 
 export interface JsonObject {
   [key: string]: JsonValue;
 }
 
 export class JsonSyntaxError extends Error {
-  constructor(message: string, readonly position: number) {
+  constructor(
+    message: string,
+    readonly position: number,
+  ) {
     super(`${message} at offset ${position}`);
     this.name = 'JsonSyntaxError';
   }

@@ -1,0 +1,526 @@
+// The reference SpacetimeDB module of the sync fabric.
+//
+// SpacetimeDB validates our sync tokens (OIDC discovery + JWKS) before a connection opens, but
+// views cannot read JWT claims. So `client_connected` checks the claims itself and copies the
+// token's `grants` into the private `sync_grant` table; the public views join the private data
+// tables with `sync_grant` on the viewer's identity, so each client sees only its granted
+// streams. SpacetimeDB checks `exp` only when a connection opens, so a scheduled reducer deletes
+// grant rows whose token has expired, and the views stop showing those streams.
+//
+// All the rules (claim checks, grant grammar, grant rows, visibility, op checks, expiry,
+// revocation) are pure code in `grants.ts`, tested on the shared vectors in `tests/vectors/`;
+// this file only wires them to tables, reducers and views. See docs/spacetimedb.md.
+
+import { Identity, Timestamp, type ConnectionId } from 'spacetimedb';
+import {
+  Range,
+  ScheduleAt,
+  SenderError,
+  schema,
+  t,
+  table,
+  type Infer,
+  type ReducerCtx,
+} from 'spacetimedb/server';
+
+import {
+  DEFAULT_CONFIG,
+  MAX_PAYLOAD_LENGTH,
+  SWEEP_INTERVAL_SECONDS,
+  configProblem,
+  type ModuleConfig,
+} from './config.js';
+import {
+  ClaimsRejected,
+  GrantDecision,
+  acceptSyncToken,
+  authorizeOp,
+  isExpired,
+  revocationCovers,
+  revocationExpiresAt,
+  visibleRows,
+  type Op,
+  type Revocation,
+  type TokenSession,
+} from './grants.js';
+import { JsonSyntaxError, parseJson, type JsonValue } from './json.js';
+
+// ---------------------------------------------------------------------------------------------
+// Tables (all private: clients read only through the views below)
+
+/** The one configuration row (`id = 0`), written by `init` and `configure`. */
+const sync_config = table(
+  { name: 'sync_config' },
+  {
+    id: t.u32().primaryKey(),
+    /** Who published the database; the only caller of `configure`. */
+    owner: t.identity(),
+    issuer: t.string(),
+    audience: t.string(),
+    /** The only caller of `revoke_subject` / `revoke_jti`; none until configured. */
+    control_plane: t.identity().optional(),
+    leeway_seconds: t.u32(),
+  },
+);
+
+/** One row per connection opened with an accepted sync token. */
+const sync_session = table(
+  { name: 'sync_session' },
+  {
+    connection_id: t.connectionId().primaryKey(),
+    identity: t.identity().index('btree'),
+    subject: t.string().index('btree'),
+    jti: t.string().index('btree'),
+    issued_at: t.timestamp(),
+    expires_at: t.timestamp().index('btree'),
+  },
+);
+
+/** The token's grants, one row per (stream, query set) of each connection (DESIGN.md
+ * `sync_grant(identity, connection_id, stream, query_set, ops)`, plus the token's expiry). */
+const sync_grant = table(
+  { name: 'sync_grant' },
+  {
+    id: t.u64().primaryKey().autoInc(),
+    identity: t.identity().index('btree'),
+    connection_id: t.connectionId().index('btree'),
+    stream: t.string().index('btree'),
+    /** `name@version`, or `""` when the grant names no query set (ops only, no view). */
+    query_set: t.string(),
+    ops: t.array(t.string()),
+    expires_at: t.timestamp().index('btree'),
+  },
+);
+
+/** Revocations the control plane pushed, kept until every token they cover has expired. */
+const sync_revocation = table(
+  { name: 'sync_revocation' },
+  {
+    id: t.u64().primaryKey().autoInc(),
+    /** `jti` or `subject`. */
+    kind: t.string(),
+    value: t.string().index('btree'),
+    not_before: t.timestamp(),
+    expires_at: t.timestamp().index('btree'),
+    created_at: t.timestamp(),
+  },
+);
+
+/** The last sequence number appended to each stream. */
+const stream_head = table(
+  { name: 'stream_head' },
+  {
+    stream_id: t.string().primaryKey(),
+    last_seq: t.u64(),
+  },
+);
+
+/** Events of every stream, in `seq` order per stream. */
+const stream_event = table(
+  { name: 'stream_event' },
+  {
+    id: t.u64().primaryKey().autoInc(),
+    stream_id: t.string().index('btree'),
+    seq: t.u64(),
+    payload: t.string(),
+    author: t.identity(),
+    appended_at: t.timestamp(),
+  },
+);
+
+/** One checkpoint per client (identity) and stream. */
+const stream_checkpoint = table(
+  { name: 'stream_checkpoint' },
+  {
+    id: t.u64().primaryKey().autoInc(),
+    stream_id: t.string().index('btree'),
+    client: t.identity(),
+    seq: t.u64(),
+    payload: t.string(),
+    updated_at: t.timestamp(),
+  },
+);
+
+/** Drives `sweep_expired` every `SWEEP_INTERVAL_SECONDS`. */
+const sweep_schedule = table(
+  { name: 'sweep_schedule' },
+  {
+    scheduled_id: t.u64().primaryKey().autoInc(),
+    scheduled_at: t.scheduleAt(),
+  },
+);
+
+const spacetimedb = schema({
+  sync_config,
+  sync_session,
+  sync_grant,
+  sync_revocation,
+  stream_head,
+  stream_event,
+  stream_checkpoint,
+  sweep_schedule,
+});
+export default spacetimedb;
+
+type Ctx = ReducerCtx<(typeof spacetimedb)['schemaType']>;
+type SessionRow = Infer<typeof sync_session.rowType>;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+const MICROS_PER_SECOND = 1_000_000n;
+// Timestamps are i64 microseconds; keep any integer claim (even a huge one) representable.
+const MAX_TIMESTAMP_SECONDS = 9_000_000_000_000;
+
+function secondsOf(timestamp: Timestamp): number {
+  return Number(timestamp.microsSinceUnixEpoch / MICROS_PER_SECOND);
+}
+
+function timestampOfSeconds(seconds: number): Timestamp {
+  const clamped = Math.min(Math.max(seconds, -MAX_TIMESTAMP_SECONDS), MAX_TIMESTAMP_SECONDS);
+  return new Timestamp(BigInt(Math.trunc(clamped)) * MICROS_PER_SECOND);
+}
+
+/** Errors returned to the caller read `<code>: <message>`. */
+function fail(code: string, message: string): never {
+  throw new SenderError(`${code}: ${message}`);
+}
+
+function loadConfig(
+  ctx: Ctx,
+): ModuleConfig & { owner: Identity | null; controlPlane: Identity | null } {
+  const row = ctx.db.sync_config.id.find(0);
+  if (row === null) {
+    return { ...DEFAULT_CONFIG, owner: null, controlPlane: null };
+  }
+  return {
+    issuer: row.issuer,
+    audience: row.audience,
+    controlPlaneIdentity: row.control_plane?.toHexString() ?? '',
+    leewaySeconds: row.leeway_seconds,
+    owner: row.owner,
+    controlPlane: row.control_plane ?? null,
+  };
+}
+
+function sessionOf(row: SessionRow): TokenSession {
+  return {
+    subject: row.subject,
+    jti: row.jti,
+    issued_at: secondsOf(row.issued_at),
+    expires_at: secondsOf(row.expires_at),
+  };
+}
+
+/** Delete everything a connection was granted; the connection stays open but sees nothing. */
+function dropConnection(ctx: Ctx, connectionId: ConnectionId): void {
+  ctx.db.sync_grant.connection_id.delete(connectionId);
+  ctx.db.sync_session.connection_id.delete(connectionId);
+}
+
+/** Raise `stream_not_granted` / `op_not_granted` unless the calling connection's unexpired
+ * grant rows allow `op` on `stream`. */
+function requireOp(ctx: Ctx, stream: string, op: Op): void {
+  const connectionId = ctx.connectionId;
+  if (connectionId === null) fail('stream_not_granted', `${stream} is not granted`);
+  const now = secondsOf(ctx.timestamp);
+  const rows = [...ctx.db.sync_grant.connection_id.filter(connectionId)].filter(
+    (row) => !isExpired(secondsOf(row.expires_at), now),
+  );
+  try {
+    authorizeOp(rows, stream, op);
+  } catch (error) {
+    if (error instanceof GrantDecision) fail(error.code, error.message);
+    throw error;
+  }
+}
+
+function requirePayload(payload: string): void {
+  if (payload.length > MAX_PAYLOAD_LENGTH) {
+    fail('payload_too_large', `payload is longer than ${MAX_PAYLOAD_LENGTH} characters`);
+  }
+}
+
+function requireControlPlane(ctx: Ctx): void {
+  const { controlPlane } = loadConfig(ctx);
+  if (controlPlane === null || !ctx.sender.isEqual(controlPlane)) {
+    fail('forbidden', 'only the control plane identity may revoke');
+  }
+}
+
+function recordRevocation(ctx: Ctx, revocation: Revocation): void {
+  const now = secondsOf(ctx.timestamp);
+  ctx.db.sync_revocation.insert({
+    id: 0n,
+    kind: revocation.kind,
+    value: revocation.value,
+    not_before: timestampOfSeconds(revocation.not_before),
+    expires_at: timestampOfSeconds(revocationExpiresAt(revocation, now)),
+    created_at: ctx.timestamp,
+  });
+}
+
+function isRevoked(ctx: Ctx, session: TokenSession): boolean {
+  for (const value of new Set([session.jti, session.subject])) {
+    for (const row of ctx.db.sync_revocation.value.filter(value)) {
+      if (row.kind !== 'jti' && row.kind !== 'subject') continue;
+      const revocation: Revocation = {
+        kind: row.kind,
+        value: row.value,
+        not_before: secondsOf(row.not_before),
+      };
+      if (revocationCovers(revocation, session)) return true;
+    }
+  }
+  return false;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lifecycle
+
+export const init = spacetimedb.init((ctx) => {
+  // In `init`, the sender is whoever published the database: it becomes the owner.
+  ctx.db.sync_config.insert({
+    id: 0,
+    owner: ctx.sender,
+    issuer: DEFAULT_CONFIG.issuer,
+    audience: DEFAULT_CONFIG.audience,
+    control_plane: undefined,
+    leeway_seconds: DEFAULT_CONFIG.leewaySeconds,
+  });
+  ctx.db.sweep_schedule.insert({
+    scheduled_id: 0n,
+    scheduled_at: ScheduleAt.interval(BigInt(SWEEP_INTERVAL_SECONDS) * MICROS_PER_SECOND),
+  });
+});
+
+export const client_connected = spacetimedb.clientConnected((ctx) => {
+  const config = loadConfig(ctx);
+  // The owner (to call `configure`) and the control plane (to revoke) connect with their own
+  // tokens; they are let in with no grants, so every view is empty for them.
+  if (
+    (config.owner !== null && ctx.sender.isEqual(config.owner)) ||
+    (config.controlPlane !== null && ctx.sender.isEqual(config.controlPlane))
+  ) {
+    return;
+  }
+  const connectionId = ctx.connectionId;
+  if (connectionId === null) fail('malformed', 'the connection has no connection id');
+  const jwt = ctx.senderAuth.jwt;
+  if (!ctx.senderAuth.hasJWT || jwt === null) fail('malformed', 'a sync token is required');
+
+  let claims: JsonValue;
+  try {
+    claims = parseJson(jwt.rawPayload);
+  } catch (error) {
+    if (error instanceof JsonSyntaxError) fail('malformed', 'the token payload is not JSON');
+    throw error;
+  }
+  let accepted: ReturnType<typeof acceptSyncToken>;
+  try {
+    accepted = acceptSyncToken(claims, {
+      issuer: config.issuer,
+      audience: config.audience,
+      now: secondsOf(ctx.timestamp),
+      leeway: config.leewaySeconds,
+    });
+  } catch (error) {
+    if (error instanceof ClaimsRejected) {
+      console.info(`sync token rejected: ${error.code}`);
+      fail(error.code, error.message);
+    }
+    throw error;
+  }
+  const { session, rows } = accepted;
+  if (isRevoked(ctx, session)) {
+    console.info('sync token rejected: revoked');
+    fail('revoked', 'the token has been revoked');
+  }
+
+  dropConnection(ctx, connectionId);
+  ctx.db.sync_session.insert({
+    connection_id: connectionId,
+    identity: ctx.sender,
+    subject: session.subject,
+    jti: session.jti,
+    issued_at: timestampOfSeconds(session.issued_at),
+    expires_at: timestampOfSeconds(session.expires_at),
+  });
+  for (const row of rows) {
+    ctx.db.sync_grant.insert({
+      id: 0n,
+      identity: ctx.sender,
+      connection_id: connectionId,
+      stream: row.stream,
+      query_set: row.query_set,
+      ops: [...row.ops],
+      expires_at: timestampOfSeconds(row.expires_at),
+    });
+  }
+});
+
+export const client_disconnected = spacetimedb.clientDisconnected((ctx) => {
+  if (ctx.connectionId !== null) dropConnection(ctx, ctx.connectionId);
+});
+
+/** Every few seconds: delete grant rows, sessions and revocations whose time has passed. */
+export const sweep_expired = spacetimedb.reducer(
+  { onSchedule: sweep_schedule },
+  { schedule: sweep_schedule.rowType },
+  (ctx) => {
+    if (!ctx.sender.isEqual(ctx.databaseIdentity)) {
+      fail('forbidden', 'sweep_expired runs only on its schedule');
+    }
+    // `isExpired`: a row expires at its `exp` itself, so the bound is inclusive of now.
+    const expired = new Range<Timestamp>(
+      { tag: 'unbounded' },
+      { tag: 'included', value: ctx.timestamp },
+    );
+    ctx.db.sync_grant.expires_at.delete(expired);
+    ctx.db.sync_session.expires_at.delete(expired);
+    ctx.db.sync_revocation.expires_at.delete(expired);
+  },
+);
+
+// ---------------------------------------------------------------------------------------------
+// Administration
+
+/** Set the issuer, audience, control-plane identity (hex, or "" for none) and leeway. Only the
+ * database owner may call it. */
+export const configure = spacetimedb.reducer(
+  {
+    issuer: t.string(),
+    audience: t.string(),
+    control_plane_identity: t.string(),
+    leeway_seconds: t.u32(),
+  },
+  (ctx, { issuer, audience, control_plane_identity, leeway_seconds }) => {
+    const current = ctx.db.sync_config.id.find(0);
+    if (current === null || !ctx.sender.isEqual(current.owner)) {
+      fail('forbidden', 'only the database owner may configure the module');
+    }
+    const problem = configProblem({
+      issuer,
+      audience,
+      controlPlaneIdentity: control_plane_identity,
+      leewaySeconds: leeway_seconds,
+    });
+    if (problem !== null) fail('invalid_request', problem);
+    ctx.db.sync_config.id.update({
+      ...current,
+      issuer,
+      audience,
+      control_plane:
+        control_plane_identity === '' ? undefined : new Identity(control_plane_identity),
+      leeway_seconds,
+    });
+  },
+);
+
+/** Revoke every token of `subject` issued (`iat`) before `not_before_unix` (unix seconds): their
+ * connections lose their grants now, and they cannot be used to connect again. */
+export const revoke_subject = spacetimedb.reducer(
+  { subject: t.string(), not_before_unix: t.u64() },
+  (ctx, { subject, not_before_unix }) => {
+    requireControlPlane(ctx);
+    const revocation: Revocation = {
+      kind: 'subject',
+      value: subject,
+      not_before: Number(not_before_unix),
+    };
+    recordRevocation(ctx, revocation);
+    const covered = [...ctx.db.sync_session.subject.filter(subject)].filter((row) =>
+      revocationCovers(revocation, sessionOf(row)),
+    );
+    for (const row of covered) dropConnection(ctx, row.connection_id);
+  },
+);
+
+/** Revoke the one token `jti`: its connections lose their grants now, and it cannot be used to
+ * connect again. */
+export const revoke_jti = spacetimedb.reducer({ jti: t.string() }, (ctx, { jti }) => {
+  requireControlPlane(ctx);
+  const revocation: Revocation = { kind: 'jti', value: jti, not_before: 0 };
+  recordRevocation(ctx, revocation);
+  const covered = [...ctx.db.sync_session.jti.filter(jti)].filter((row) =>
+    revocationCovers(revocation, sessionOf(row)),
+  );
+  for (const row of covered) dropConnection(ctx, row.connection_id);
+});
+
+// ---------------------------------------------------------------------------------------------
+// Writes
+
+/** Append `payload` to `stream_id`; needs the `append` op on that stream. */
+export const append = spacetimedb.reducer(
+  { stream_id: t.string(), payload: t.string() },
+  (ctx, { stream_id, payload }) => {
+    requireOp(ctx, stream_id, 'append');
+    requirePayload(payload);
+    const head = ctx.db.stream_head.stream_id.find(stream_id);
+    const seq = (head?.last_seq ?? 0n) + 1n;
+    if (head === null) ctx.db.stream_head.insert({ stream_id, last_seq: seq });
+    else ctx.db.stream_head.stream_id.update({ stream_id, last_seq: seq });
+    ctx.db.stream_event.insert({
+      id: 0n,
+      stream_id,
+      seq,
+      payload,
+      author: ctx.sender,
+      appended_at: ctx.timestamp,
+    });
+  },
+);
+
+/** Record the caller's checkpoint on `stream_id` (one per client and stream); needs the
+ * `checkpoint` op on that stream. `seq` may not pass the stream's last appended event. */
+export const checkpoint = spacetimedb.reducer(
+  { stream_id: t.string(), seq: t.u64(), payload: t.string() },
+  (ctx, { stream_id, seq, payload }) => {
+    requireOp(ctx, stream_id, 'checkpoint');
+    requirePayload(payload);
+    const lastSeq = ctx.db.stream_head.stream_id.find(stream_id)?.last_seq ?? 0n;
+    if (seq > lastSeq) {
+      fail('invalid_request', `seq ${seq} is past the last event (${lastSeq}) of ${stream_id}`);
+    }
+    for (const row of ctx.db.stream_checkpoint.stream_id.filter(stream_id)) {
+      if (row.client.isEqual(ctx.sender)) {
+        ctx.db.stream_checkpoint.id.update({ ...row, seq, payload, updated_at: ctx.timestamp });
+        return;
+      }
+    }
+    ctx.db.stream_checkpoint.insert({
+      id: 0n,
+      stream_id,
+      client: ctx.sender,
+      seq,
+      payload,
+      updated_at: ctx.timestamp,
+    });
+  },
+);
+
+// ---------------------------------------------------------------------------------------------
+// Views: what clients subscribe to (`SELECT * FROM run_event_view`)
+
+/** Events of the streams the viewer holds a `subscribe` grant for, through a query set that
+ * opens this view (`run_events`). */
+export const run_event_view = spacetimedb.view(
+  { name: 'run_event_view', public: true },
+  t.array(stream_event.rowType),
+  (ctx) =>
+    visibleRows('run_event_view', ctx.db.sync_grant.identity.filter(ctx.sender), (stream) =>
+      ctx.db.stream_event.stream_id.filter(stream),
+    ),
+);
+
+/** Checkpoints of the streams the viewer holds a `subscribe` grant for, through a query set
+ * that opens this view (`run_events`, `run_checkpoints`). */
+export const run_checkpoint_view = spacetimedb.view(
+  { name: 'run_checkpoint_view', public: true },
+  t.array(stream_checkpoint.rowType),
+  (ctx) =>
+    visibleRows('run_checkpoint_view', ctx.db.sync_grant.identity.filter(ctx.sender), (stream) =>
+      ctx.db.stream_checkpoint.stream_id.filter(stream),
+    ),
+);
