@@ -238,8 +238,8 @@ def validate_sync_claims(
     sub = claims["sub"]
     if not isinstance(sub, str) or not 1 <= len(sub.encode(errors="replace")) <= 128:
         raise ClaimsRejected("malformed", "`sub` must be a string of 1 to 128 bytes")
-    if not sub.isprintable() or any(0xD800 <= ord(c) <= 0xDFFF for c in sub):
-        raise ClaimsRejected("malformed", "`sub` must be printable UTF-8")
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in sub):  # a lone surrogate is not UTF-8
+        raise ClaimsRejected("malformed", "`sub` must be valid UTF-8")
     if not isinstance(claims["jti"], str) or not claims["jti"]:
         raise ClaimsRejected("malformed", "`jti` must be a non-empty string")
     exp, iat = _int_claim(claims, "exp"), _int_claim(claims, "iat")
