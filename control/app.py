@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI
@@ -13,11 +13,12 @@ from fastapi.openapi.utils import get_openapi
 
 from control import __version__
 from control.errors import Problem, install_error_handlers
+from control.federation.auth import require_client
 from control.identity.auth import require
 from control.keys.service import ensure_keys
 from control.kit.db import unit_of_work
 from control.kit.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from control.kit.routing import mount_routes
+from control.kit.routing import Access, mount_routes
 from control.routes import ROUTES
 from control.settings import Settings
 from control.state import AppState
@@ -47,6 +48,11 @@ def prepare(state: AppState) -> None:
         ensure_keys(session, state.settings, state.keyring.cipher)
     with unit_of_work(state.sessions) as session:
         state.keyring.load(session)
+
+
+def guard_for(access: Access) -> Callable[..., None]:
+    """The auth dependency for a route of the table, from its access requirement."""
+    return require_client(access) if access.id_tokens else require(access)
 
 
 def create_app(
@@ -87,7 +93,7 @@ def create_app(
         redoc_url=None,
     )
     install_error_handlers(app)
-    mount_routes(app, ROUTES, require)
+    mount_routes(app, ROUTES, guard_for)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     return app

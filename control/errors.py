@@ -73,11 +73,16 @@ class ProblemError(Exception):
 
 
 class Unauthorized(ProblemError):
+    """401 with a `WWW-Authenticate: Bearer` challenge; `reason` is a short, non-secret code
+    (also in the body) saying why a presented credential was refused."""
+
     def __init__(self, detail: str = "a valid credential is required", *, reason: str = "") -> None:
         challenge = 'Bearer realm="control"'
+        extras = {}
         if reason:
             challenge += f', error="invalid_token", error_description="{reason}"'
-        super().__init__("unauthorized", detail, headers={"WWW-Authenticate": challenge})
+            extras["reason"] = reason
+        super().__init__("unauthorized", detail, headers={"WWW-Authenticate": challenge}, **extras)
 
 
 class Forbidden(ProblemError):

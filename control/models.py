@@ -1,6 +1,7 @@
 """Every table, imported in one place so Alembic and the tests see the whole schema."""
 
 from control.audit.models import AuditEvent
+from control.federation.models import FederatedIdentity, TrustedIssuer
 from control.identity.models import Credential, Org, Principal
 from control.keys.models import SigningKey
 from control.kit.db import Base
@@ -14,6 +15,7 @@ __all__ = [
     "AuditEvent",
     "ControlLock",
     "Credential",
+    "FederatedIdentity",
     "GrantRule",
     "Org",
     "Principal",
@@ -21,5 +23,6 @@ __all__ = [
     "Revocation",
     "SigningKey",
     "Stream",
+    "TrustedIssuer",
     "metadata",
 ]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from control.audit import endpoints as audit
 from control.audit.endpoints import AuditEventOut
+from control.federation import endpoints as federation
+from control.federation.schemas import TrustedIssuerBody, TrustedIssuerOut
 from control.identity import endpoints as identity
 from control.identity.schemas import (
     CredentialCreate,
@@ -49,7 +51,7 @@ TOKEN_ROUTE = "/api/sync/token"  # noqa: S105 - a path, not a secret
 ANYONE = Access.anyone()
 OPERATOR = Access.role("operator")
 ADMIN = Access.role("admin")
-MEMBER = Access.role("member")
+MEMBER_OR_ID_TOKEN = Access.role("member", id_tokens=True)
 SERVICE = Access.role("service")
 SERVICE_OR_ADMIN = Access.role("service", "admin")
 
@@ -77,7 +79,7 @@ ROUTES: tuple[Route, ...] = (
     # --- tokens -------------------------------------------------------------------------
     Route("POST", TOKEN_ROUTE, "mint_sync_token",
           "Mint a sync token carrying stream / query-set grants (the canonical token route)",
-          "tokens", MEMBER, tokens.mint_token, request_model=TokenRequest,
+          "tokens", MEMBER_OR_ID_TOKEN, tokens.mint_token, request_model=TokenRequest,
           response_model=TokenResponse,
           errors=("stream_not_granted", "too_many_streams", "rate_limited")),
     Route("POST", "/api/sync/introspect", "introspect_sync_token",
@@ -154,6 +156,23 @@ ROUTES: tuple[Route, ...] = (
           "Dry-run the policy engine for a principal: the decision a mint would make",
           "policy", ADMIN, tokens.explain, request_model=ExplainRequest,
           response_model=ExplainResponse, errors=("not_found", "too_many_streams")),
+    Route("POST", "/api/admin/trusted-issuers", "create_trusted_issuer",
+          "Trust an upstream OIDC issuer's ID tokens at the token endpoint", "federation",
+          ADMIN, federation.create_trusted_issuer, request_model=TrustedIssuerBody,
+          response_model=TrustedIssuerOut, status_code=201, errors=("conflict",)),
+    Route("GET", "/api/admin/trusted-issuers", "list_trusted_issuers",
+          "List trusted issuers", "federation", ADMIN, federation.list_trusted_issuers,
+          response_model=Page[TrustedIssuerOut], errors=("invalid_request",)),
+    Route("GET", "/api/admin/trusted-issuers/{issuer_id}", "get_trusted_issuer",
+          "Read a trusted issuer", "federation", ADMIN, federation.get_trusted_issuer,
+          response_model=TrustedIssuerOut),
+    Route("PUT", "/api/admin/trusted-issuers/{issuer_id}", "update_trusted_issuer",
+          "Replace a trusted issuer", "federation", ADMIN, federation.update_trusted_issuer,
+          request_model=TrustedIssuerBody, response_model=TrustedIssuerOut,
+          errors=("conflict",)),
+    Route("DELETE", "/api/admin/trusted-issuers/{issuer_id}", "delete_trusted_issuer",
+          "Stop trusting an issuer", "federation", ADMIN, federation.delete_trusted_issuer,
+          status_code=204),
     Route("POST", "/api/admin/revocations", "create_revocation",
           "Revoke a token (jti), every earlier token of a subject, or a credential",
           "tokens", ADMIN, introspection.create_revocation, request_model=RevocationCreate,

@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     mint_rate_per_second: float = Field(10.0, ge=0)  # 0 disables
     mint_burst: int = Field(30, ge=1)
 
+    # Upstream identity providers (ID tokens at the token endpoint).
+    upstream_jwks_max_age_seconds: float = Field(300.0, ge=0)
+    upstream_jwks_min_refetch_seconds: float = Field(30.0, ge=0)
+
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     log_level: str = "INFO"
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from control.federation.verifier import UpstreamVerifier
 from control.keys.crypto import KeyCipher
 from control.keys.service import KeyRing
 from control.kit.db import make_engine, make_sessionmaker
@@ -28,10 +29,17 @@ class AppState:
     # Per-process: compiled policies per org (valid for one policy_rev) and mint rate limits.
     policies: PolicyCache = field(default_factory=PolicyCache)
     mint_limiter: RateLimiter = field(init=False)
+    # Upstream identity providers' keys, for ID tokens presented at the token endpoint.
+    upstream: UpstreamVerifier = field(init=False)
 
     def __post_init__(self) -> None:
         self.mint_limiter = RateLimiter(
             self.settings.mint_rate_per_second, self.settings.mint_burst
+        )
+        self.upstream = UpstreamVerifier(
+            max_age=self.settings.upstream_jwks_max_age_seconds,
+            min_refetch_interval=self.settings.upstream_jwks_min_refetch_seconds,
+            leeway=self.settings.token_leeway_seconds,
         )
 
     @classmethod

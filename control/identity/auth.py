@@ -47,7 +47,7 @@ def authenticate(
         raise Unauthorized("an `Authorization: Bearer` credential is required")
     presented = credentials.credentials
     if not looks_like_api_key(presented):
-        raise Unauthorized("the credential is not a valid API key", reason="invalid credential")
+        raise Unauthorized("the credential is not a valid API key", reason="invalid_credential")
     key_hash = hash_api_key(state.credential_pepper, presented)
     row = session.execute(
         select(Credential, Principal)
@@ -55,7 +55,7 @@ def authenticate(
         .where(Credential.key_hash == key_hash)
     ).one_or_none()
     # Unknown, revoked, expired and disabled all read the same to the caller.
-    rejected = Unauthorized("the credential is invalid", reason="invalid credential")
+    rejected = Unauthorized("the credential is invalid", reason="invalid_credential")
     if row is None:
         raise rejected
     credential, principal = row

@@ -31,14 +31,16 @@ class Access:
 
     roles: frozenset[str] = frozenset()
     public: bool = False
+    # Also accept an upstream OIDC ID token from a trusted issuer (the token endpoint only).
+    id_tokens: bool = False
 
     @classmethod
     def anyone(cls) -> Access:
         return cls(public=True)
 
     @classmethod
-    def role(cls, *roles: str) -> Access:
-        return cls(roles=frozenset(roles))
+    def role(cls, *roles: str, id_tokens: bool = False) -> Access:
+        return cls(roles=frozenset(roles), id_tokens=id_tokens)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ from fastapi.responses import JSONResponse
 
 from control.deps import SessionDep, StateDep
 from control.errors import ProblemError, problem_response
-from control.identity.auth import CallerDep, ViewDep
+from control.federation.auth import ClientCallerDep
+from control.identity.auth import ViewDep
 from control.identity.models import Principal
 from control.policy.engine import Subject, current_policy_rev, decide
 from control.tokens.ratelimit import RateLimiter
@@ -25,7 +26,7 @@ def mint_token(
     body: TokenRequest,
     state: StateDep,
     session: SessionDep,
-    caller: CallerDep,
+    caller: ClientCallerDep,
     response: Response,
 ) -> TokenResponse | JSONResponse:
     wait = state.mint_limiter.acquire(caller.principal_id)

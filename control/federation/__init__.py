@@ -1,0 +1,1 @@
+"""Sign-in with an existing identity provider: upstream OIDC ID tokens as client credentials."""

@@ -1,0 +1,205 @@
+"""Trusted issuers (admin side) and signing in with an upstream ID token (token endpoint)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from control.audit.service import record
+from control.errors import Conflict, Unauthorized, Unavailable
+from control.federation.models import FederatedIdentity, TrustedIssuer
+from control.federation.schemas import TrustedIssuerBody
+from control.federation.verifier import (
+    UpstreamRejected,
+    UpstreamUnavailable,
+    UpstreamVerifier,
+    unverified_issuer,
+)
+from control.identity.auth import Caller
+from control.identity.models import Principal
+from control.kit.db import utcnow
+from control.kit.ids import new_id
+from control.views import OrgView
+
+
+def _check_unclaimed(view: OrgView, body: TrustedIssuerBody, exclude_id: str | None) -> None:
+    """An (issuer, audience) pair may belong to one org only, or a token would be ambiguous."""
+    for other in view.session.scalars(
+        select(TrustedIssuer).where(TrustedIssuer.issuer == body.issuer)
+    ):
+        if other.id == exclude_id:
+            continue
+        if other.org_id == view.org_id:
+            raise Conflict(f"{body.issuer} is already trusted by this org")
+        if set(other.audiences) & set(body.audiences):
+            raise Conflict(f"an audience of {body.issuer} is already trusted elsewhere")
+
+
+def _apply(row: TrustedIssuer, body: TrustedIssuerBody) -> None:
+    row.issuer = body.issuer
+    row.audiences = sorted(set(body.audiences))
+    row.default_roles = sorted(set(body.default_roles))
+    row.role_claim = body.role_claim
+    row.role_map = {key: sorted(set(roles)) for key, roles in body.role_map.items()}
+    row.algorithms = sorted(set(body.algorithms))
+    row.updated_at = utcnow()
+
+
+def _summary(row: TrustedIssuer) -> dict[str, Any]:
+    return {"issuer": row.issuer, "audiences": row.audiences, "default_roles": row.default_roles}
+
+
+def create_trusted_issuer(view: OrgView, caller: Caller, body: TrustedIssuerBody) -> TrustedIssuer:
+    _check_unclaimed(view, body, None)
+    row = TrustedIssuer(id=new_id("tis"), org_id=view.org_id, created_at=utcnow())
+    _apply(row, body)
+    view.session.add(row)
+    view.session.flush()
+    record(
+        view.session,
+        actor=caller.principal_id,
+        action="trusted_issuer.create",
+        target=row.id,
+        org_id=view.org_id,
+        detail={"after": _summary(row)},
+    )
+    return row
+
+
+def update_trusted_issuer(
+    view: OrgView, caller: Caller, row: TrustedIssuer, body: TrustedIssuerBody
+) -> TrustedIssuer:
+    _check_unclaimed(view, body, row.id)
+    before = _summary(row)
+    _apply(row, body)
+    view.session.flush()
+    record(
+        view.session,
+        actor=caller.principal_id,
+        action="trusted_issuer.update",
+        target=row.id,
+        org_id=view.org_id,
+        detail={"before": before, "after": _summary(row)},
+    )
+    return row
+
+
+def delete_trusted_issuer(view: OrgView, caller: Caller, row: TrustedIssuer) -> None:
+    view.session.delete(row)
+    view.session.flush()
+    record(
+        view.session,
+        actor=caller.principal_id,
+        action="trusted_issuer.delete",
+        target=row.id,
+        org_id=view.org_id,
+        detail={"before": _summary(row)},
+    )
+
+
+def looks_like_jwt(value: str) -> bool:
+    return value.count(".") == 2 and not value.startswith("ctl_")
+
+
+def _mapped_roles(row: TrustedIssuer, claims: dict[str, Any]) -> set[str]:
+    if not row.role_claim:
+        return set()
+    values = claims.get(row.role_claim)
+    if isinstance(values, str):
+        values = [values]
+    if not isinstance(values, list):
+        return set()
+    return {
+        role for value in values if isinstance(value, str) for role in row.role_map.get(value, [])
+    }
+
+
+def authenticate_id_token(session: Session, verifier: UpstreamVerifier, token: str) -> Caller:
+    """The caller an upstream ID token stands for, creating its principal on first use."""
+    try:
+        issuer = unverified_issuer(token)
+        candidates = list(
+            session.scalars(select(TrustedIssuer).where(TrustedIssuer.issuer == issuer))
+        )
+        if not candidates:
+            raise UpstreamRejected("unknown_issuer", "the token's issuer is not trusted")
+        claims: dict[str, Any] | None = None
+        trusted: TrustedIssuer | None = None
+        last_error: UpstreamRejected | None = None
+        for row in candidates:  # at most one org per (issuer, audience): the first match wins
+            try:
+                claims = verifier.verify(
+                    token, issuer=issuer, audiences=row.audiences, algorithms=row.algorithms
+                )
+                trusted = row
+                break
+            except UpstreamRejected as exc:
+                last_error = exc
+        if claims is None or trusted is None:
+            assert last_error is not None
+            raise last_error
+    except UpstreamRejected as exc:
+        raise Unauthorized(f"the ID token was refused: {exc}", reason=exc.reason) from None
+    except UpstreamUnavailable as exc:
+        raise Unavailable(str(exc)) from None
+
+    principal = _principal_for(session, trusted, claims)
+    if principal.disabled:
+        raise Unauthorized("the principal is disabled", reason="invalid_credential")
+    return Caller(
+        principal_id=principal.id,
+        org_id=principal.org_id,
+        kind=principal.kind,
+        roles=frozenset(principal.roles) | _mapped_roles(trusted, claims),
+    )
+
+
+def _principal_for(session: Session, trusted: TrustedIssuer, claims: dict[str, Any]) -> Principal:
+    subject = str(claims["sub"])
+    link = session.scalar(
+        select(FederatedIdentity).where(
+            FederatedIdentity.trusted_issuer_id == trusted.id,
+            FederatedIdentity.subject == subject,
+        )
+    )
+    if link is not None:
+        principal = session.get(Principal, link.principal_id)
+        assert principal is not None  # the link cascades with its principal
+        return principal
+    name = next(
+        (str(claims[c])[:200] for c in ("email", "preferred_username", "name") if claims.get(c)),
+        subject[:200],
+    )
+    roles = sorted(set(trusted.default_roles) | _mapped_roles(trusted, claims))
+    principal = Principal(
+        id=new_id("prn"), org_id=trusted.org_id, kind="user", name=name, roles=roles
+    )
+    try:
+        with session.begin_nested():
+            session.add(principal)
+            session.flush()
+            session.add(
+                FederatedIdentity(
+                    id=new_id("fid"),
+                    org_id=trusted.org_id,
+                    trusted_issuer_id=trusted.id,
+                    subject=subject,
+                    principal_id=principal.id,
+                )
+            )
+            session.flush()
+    except IntegrityError:
+        # A concurrent first use created it: use theirs.
+        return _principal_for(session, trusted, claims)
+    record(
+        session,
+        actor=principal.id,
+        action="principal.federated_created",
+        target=principal.id,
+        org_id=trusted.org_id,
+        detail={"issuer": trusted.issuer, "trusted_issuer_id": trusted.id, "roles": roles},
+    )
+    return principal
