@@ -5,10 +5,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from control.grants import QUERY_SET_NAME_PATTERN, STREAM_KIND_PATTERN, Op
+from control.grants import QUERY_SET_NAME_PATTERN, STREAM_ID_PATTERN, STREAM_KIND_PATTERN, Op
 from control.kit.schemas import Description, EntityId, PrincipalKind, RequestBody, RoleName
 
-StreamIdText = Annotated[str, StringConstraints(min_length=3, max_length=170)]
+StreamIdText = Annotated[str, StringConstraints(pattern=rf"^{STREAM_ID_PATTERN}$")]
 StreamKind = Annotated[str, StringConstraints(pattern=rf"^{STREAM_KIND_PATTERN}$")]
 QuerySetName = Annotated[str, StringConstraints(pattern=rf"^{QUERY_SET_NAME_PATTERN}$")]
 QueryText = Annotated[str, StringConstraints(min_length=1, max_length=2000)]

@@ -5,11 +5,12 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from control.grants import Op
+from control.grants import QUERY_SET_REF_PATTERN, STREAM_ID_PATTERN, Op
 from control.kit.schemas import EntityId, RequestBody
 
-StreamText = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-QuerySetText = Annotated[str, StringConstraints(min_length=1, max_length=80)]
+# The grammar in the schema, so the spec tells clients exactly what is accepted.
+StreamText = Annotated[str, StringConstraints(pattern=rf"^{STREAM_ID_PATTERN}$")]
+QuerySetText = Annotated[str, StringConstraints(pattern=rf"^{QUERY_SET_REF_PATTERN}$")]
 DeviceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._~-]{1,128}$")]
 
 
