@@ -22,6 +22,19 @@ class OrgOwned(Protocol):
 
 Row = TypeVar("Row", bound=OrgOwned)
 
+_INT64 = range(-(2**63), 2**63)
+
+
+def bindable(value: Any) -> bool:
+    """Whether `value` can be compared with a key column on every backend: PostgreSQL refuses
+    NUL in text and both backends refuse integers beyond 64 bits. A key that cannot be bound
+    cannot match a row, so callers treat it as missing rather than failing with a 500."""
+    if isinstance(value, str):
+        return "\x00" not in value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value in _INT64
+    return True
+
 
 class OrgView:
     """Reads of org-owned rows, filtered to one org."""
@@ -34,6 +47,8 @@ class OrgView:
         return select(model).where(model.org_id == self.org_id)
 
     def find(self, model: type[Row], key: Any) -> Row | None:
+        if not bindable(key):
+            return None
         row = self.session.get(model, key)
         if row is None or row.org_id != self.org_id:
             return None
@@ -61,7 +76,13 @@ class OrgView:
         """One page ordered by `key` (unique, increasing), and the cursor of the next page."""
         query = self.select(model).where(*conditions).order_by(key).limit(page.limit + 1)
         if page.after is not None:
-            if not isinstance(page.after, str | int) or isinstance(page.after, bool):
+            # The cursor is client input: it must have the key column's type (a string cursor
+            # on an integer key is a database error on PostgreSQL) and be bindable.
+            if (
+                not isinstance(page.after, key.type.python_type)
+                or isinstance(page.after, bool)
+                or not bindable(page.after)
+            ):
                 raise InvalidRequest("`cursor` is not a cursor this service issued")
             query = query.where(key > page.after)
         rows = self.session.scalars(query).all()

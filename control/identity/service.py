@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
@@ -16,9 +17,11 @@ from control.identity.schemas import CredentialCreate, PrincipalCreate, Principa
 from control.identity.secrets import DISPLAY_PREFIX_LENGTH, hash_api_key, new_api_key
 from control.kit.db import utcnow
 from control.kit.ids import new_id
+from control.kit.schemas import Name
 from control.tokens.revocations import revoke
 
 OPERATOR_ROLE = "operator"
+_ORG_NAME: TypeAdapter[str] = TypeAdapter(Name)
 DEFAULT_ROLES = {"user": ["member"], "device": ["member"], "service": ["service"]}
 
 
@@ -31,9 +34,30 @@ def summarize_principal(principal: Principal) -> dict[str, Any]:
     return {"kind": principal.kind, "roles": list(principal.roles), "disabled": principal.disabled}
 
 
+def _when(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def summarize_credential(credential: Credential) -> dict[str, Any]:
+    """What the audit log says about a credential: never its key, nor its hash."""
+    return {
+        "principal_id": credential.principal_id,
+        "name": credential.name,
+        "prefix": credential.prefix,
+        "expires_at": _when(credential.expires_at),
+        "revoked_at": _when(credential.revoked_at),
+    }
+
+
 def bootstrap_org(session: Session, pepper: bytes, org_name: str) -> dict[str, str]:
     """Create an org, its first admin and that admin's API key. The first org ever is the
     operator org: its first admin also holds `operator` (the issuer's keys are theirs)."""
+    try:
+        org_name = _ORG_NAME.validate_python(org_name)
+    except ValidationError:
+        raise InvalidRequest(
+            "an org name is 1 to 200 characters, without control characters"
+        ) from None
     if session.scalar(select(Org.id).where(Org.name == org_name)) is not None:
         raise Conflict(f"an org named {org_name!r} already exists")
     first = session.scalar(select(func.count()).select_from(Org)) == 0
@@ -42,7 +66,11 @@ def bootstrap_org(session: Session, pepper: bytes, org_name: str) -> dict[str, s
     session.flush()
     roles = ["admin", OPERATOR_ROLE] if first else ["admin"]
     admin = Principal(
-        id=new_id("prn"), org_id=org.id, kind="user", name=f"{org_name} admin", roles=roles
+        id=new_id("prn"),
+        org_id=org.id,
+        kind="user",
+        name=f"{org_name} admin"[:200],
+        roles=roles,
     )
     session.add(admin)
     session.flush()
@@ -179,7 +207,11 @@ def issue_credential(
         action="credential.create",
         target=credential.id,
         org_id=caller.org_id,
-        detail={"principal_id": principal.id, "prefix": credential.prefix},
+        detail={
+            "principal_id": principal.id,
+            "prefix": credential.prefix,
+            "after": summarize_credential(credential),
+        },
     )
     return credential, key
 
@@ -189,6 +221,7 @@ def revoke_credential(
 ) -> None:
     """Stop the credential authenticating and kill the tokens its principal holds: tokens do
     not name the credential that minted them, so the subject's tokens are revoked with it."""
+    before = summarize_credential(credential)
     if credential.revoked_at is None:
         credential.revoked_at = utcnow()
         session.flush()
@@ -205,5 +238,9 @@ def revoke_credential(
         action="credential.revoke",
         target=credential.id,
         org_id=caller.org_id,
-        detail={"principal_id": credential.principal_id},
+        detail={
+            "principal_id": credential.principal_id,
+            "before": before,
+            "after": summarize_credential(credential),
+        },
     )

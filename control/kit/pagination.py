@@ -34,9 +34,12 @@ def encode_cursor(after: Any) -> str:
 
 def decode_cursor(cursor: str) -> Any:
     try:
-        return json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        after = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise InvalidRequest("`cursor` is not a cursor this service issued") from None
+        after = None
+    if after is None:  # `encode_cursor` is only ever given a row's key, never null
+        raise InvalidRequest("`cursor` is not a cursor this service issued")
+    return after
 
 
 def page_request(

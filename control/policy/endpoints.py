@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from fastapi import Response
 
+from control.errors import NotFound
+from control.grants import is_query_set_name
 from control.identity.auth import CallerDep, ViewDep
 from control.kit.pagination import Page, PageDep
 from control.policy import service
@@ -62,10 +64,9 @@ def query_set_out(row: QuerySet) -> QuerySetOut:
 
 
 def _query_set(view: ViewDep, name: str) -> QuerySet:
-    row = view.find_by(QuerySet, QuerySet.name == name)
+    # A name outside the grammar names no query set (and may not be bindable, e.g. NUL).
+    row = view.find_by(QuerySet, QuerySet.name == name) if is_query_set_name(name) else None
     if row is None:
-        from control.errors import NotFound
-
         raise NotFound("query set")
     return row
 

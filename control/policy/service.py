@@ -67,14 +67,21 @@ def register_stream(view: OrgView, caller: Caller, body: StreamCreate) -> Stream
             view.session.flush()
     except IntegrityError:
         raise Conflict(f"stream {stream_id} is already registered") from None
-    _audit(view, caller, "stream.register", stream.id, owner_id=owner_id)
+    _audit(
+        view, caller, "stream.register", stream.id, owner_id=owner_id, after=_stream_summary(stream)
+    )
     return stream
 
 
+def _stream_summary(stream: Stream) -> dict[str, Any]:
+    return {"kind": stream.kind, "owner_id": stream.owner_id, "labels": dict(stream.labels or {})}
+
+
 def delete_stream(view: OrgView, caller: Caller, stream: Stream) -> None:
+    before = _stream_summary(stream)
     view.session.delete(stream)
     view.session.flush()
-    _audit(view, caller, "stream.delete", stream.id, owner_id=stream.owner_id)
+    _audit(view, caller, "stream.delete", stream.id, owner_id=stream.owner_id, before=before)
 
 
 # --- query sets ---------------------------------------------------------------------------
