@@ -677,11 +677,6 @@ def test_bad_limit_or_cursor_is_422(stocked: Seeded, subtests: pytest.Subtests) 
             assert stocked.admin.get(path, params={"limit": MAX_LIMIT}).status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="revocation_feed (control/tokens/introspection.py) turns an `after` beyond 64 bits "
-    "(its pattern admits 20 digits) into an integer the database refuses: 500, not 422",
-)
 def test_revocation_feed_cursor_beyond_64_bits_is_not_a_500(org_a: OrgFixture) -> None:
     service = org_a.principal("runtime", "service")
     response = service.get("/api/sync/revocations", params={"after": "9" * 20})

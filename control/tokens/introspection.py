@@ -93,7 +93,7 @@ def _answer(answer: IntrospectResponse) -> JSONResponse:
 
 class RevocationCreate(RequestBody):
     kind: Literal["jti", "subject", "credential"]
-    value: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    value: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00]+$")]
     reason: Description | None = None
 
 
@@ -147,7 +147,8 @@ def create_revocation(body: RevocationCreate, view: ViewDep, caller: CallerDep) 
 
 def revocation_feed(
     view: ViewDep,
-    after: Annotated[str | None, Query(max_length=20, pattern=r"^[0-9]+$")] = None,
+    # At most 18 digits: every such cursor fits the 64-bit column on both backends.
+    after: Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = MAX_LIMIT,
 ) -> RevocationFeed:
     start = int(after) if after else 0
