@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from control.kit.db import Base, UTCDateTime, utcnow
@@ -10,6 +10,16 @@ from control.kit.db import Base, UTCDateTime, utcnow
 
 class Org(Base):
     __tablename__ = "orgs"
+    __table_args__ = (
+        # One operator org, even when two first bootstraps race on an empty database.
+        Index(
+            "uq_orgs_one_operator",
+            "is_operator",
+            unique=True,
+            sqlite_where=text("is_operator"),
+            postgresql_where=text("is_operator"),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from control.audit.service import record
@@ -63,7 +64,11 @@ def bootstrap_org(session: Session, pepper: bytes, org_name: str) -> dict[str, s
     first = session.scalar(select(func.count()).select_from(Org)) == 0
     org = Org(id=new_id("org"), name=org_name, policy_rev=1, is_operator=first)
     session.add(org)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError:
+        # A concurrent bootstrap took the name, or became the operator org first.
+        raise Conflict("another bootstrap ran at the same time; run this one again") from None
     roles = ["admin", OPERATOR_ROLE] if first else ["admin"]
     admin = Principal(
         id=new_id("prn"),
