@@ -92,7 +92,8 @@ def _segment_json(segment: str) -> dict[str, Any]:
     try:
         raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
         value = json.loads(raw, object_pairs_hook=_no_duplicates)
-    except (binascii.Error, ValueError, UnicodeDecodeError):
+    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: JSON nested deeper than the interpreter's recursion limit.
         raise TokenRejected("malformed", "not base64url JSON") from None
     if not isinstance(value, dict):
         raise TokenRejected("malformed", "not a JSON object")
@@ -135,7 +136,7 @@ def verify_token(
         raise TokenRejected("malformed", "a JWS compact token has three parts")
     header = _segment_json(parts[0])
     alg, kid = header.get("alg"), header.get("kid")
-    if alg not in ALLOWED_ALGS:
+    if not isinstance(alg, str) or alg not in ALLOWED_ALGS:  # a list or object is unhashable
         raise TokenRejected("invalid_signature", f"algorithm {alg!r} is not accepted")
     if "crit" in header:
         raise TokenRejected("malformed", "critical header extensions are not supported")
