@@ -242,8 +242,12 @@ def validate_sync_claims(
         raise ClaimsRejected("malformed", "`sub` must be a string of 1 to 128 bytes")
     if any(0xD800 <= ord(c) <= 0xDFFF for c in sub):  # a lone surrogate is not UTF-8
         raise ClaimsRejected("malformed", "`sub` must be valid UTF-8")
-    if not isinstance(claims["jti"], str) or not claims["jti"]:
+    jti = claims["jti"]
+    if not isinstance(jti, str) or not jti:
         raise ClaimsRejected("malformed", "`jti` must be a non-empty string")
+    # NUL is no character of any identifier we issue, and databases refuse it in text.
+    if "\x00" in sub or "\x00" in jti:
+        raise ClaimsRejected("malformed", "`sub` and `jti` must not contain NUL")
     exp, iat = _int_claim(claims, "exp"), _int_claim(claims, "iat")
     nbf = _int_claim(claims, "nbf") if "nbf" in claims else iat
     if claims["iss"] != issuer:

@@ -304,6 +304,10 @@ export function validateSyncClaims(claims: JsonValue, check: ClaimCheck): Grant[
   if (typeof jti !== 'string' || jti === '') {
     throw new ClaimsRejected('malformed', '`jti` must be a non-empty string');
   }
+  // NUL is no character of any identifier the control plane issues.
+  if ((sub as string).includes('\u0000') || jti.includes('\u0000')) {
+    throw new ClaimsRejected('malformed', '`sub` and `jti` must not contain NUL');
+  }
   const exp = intClaim(claims, 'exp');
   const iat = intClaim(claims, 'iat');
   const nbf = hasKey(claims, 'nbf') ? intClaim(claims, 'nbf') : iat;
