@@ -30,14 +30,22 @@ def render_spec() -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from control.app import create_app
+    from control.app import create_app, prepare
     from control.migrate import upgrade
+    from control.state import AppState
 
     settings = _settings()
     # The embedded default needs nothing else on first run; a shared PostgreSQL is migrated
     # deliberately with `control db upgrade`, never implicitly by a replica starting up.
     if settings.sqlalchemy_url.startswith("sqlite"):
         upgrade(settings.sqlalchemy_url)
+    # Fail before serving, with one line naming the setting (`main` prints it), when the
+    # signing keys do not open under the configured key-encryption key.
+    preflight = AppState.build(settings)
+    try:
+        prepare(preflight)
+    finally:
+        preflight.engine.dispose()
     uvicorn.run(
         create_app(settings),
         host=args.host,
