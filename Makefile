@@ -43,5 +43,9 @@ bench: install
 	$(BIN)/python bench/mint.py
 	$(BIN)/python bench/verify.py
 
+# A few minutes of sustained minting with concurrent admin changes on PostgreSQL.
+soak: install
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage module/node_modules
