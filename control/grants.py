@@ -238,10 +238,14 @@ def validate_sync_claims(
         if name not in claims:
             raise ClaimsRejected("malformed", f"`{name}` claim is missing")
     sub = claims["sub"]
-    if not isinstance(sub, str) or not 1 <= len(sub.encode(errors="replace")) <= 128:
+    if not isinstance(sub, str):
         raise ClaimsRejected("malformed", "`sub` must be a string of 1 to 128 bytes")
-    if any(0xD800 <= ord(c) <= 0xDFFF for c in sub):  # a lone surrogate is not UTF-8
-        raise ClaimsRejected("malformed", "`sub` must be valid UTF-8")
+    try:
+        sub_bytes = len(sub.encode())
+    except UnicodeEncodeError:  # a lone surrogate is not UTF-8
+        raise ClaimsRejected("malformed", "`sub` must be valid UTF-8") from None
+    if not 1 <= sub_bytes <= 128:
+        raise ClaimsRejected("malformed", "`sub` must be a string of 1 to 128 bytes")
     jti = claims["jti"]
     if not isinstance(jti, str) or not jti:
         raise ClaimsRejected("malformed", "`jti` must be a non-empty string")

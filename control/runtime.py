@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 import jwt
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm, get_default_algorithms
 
 from control.grants import (
     ClaimsRejected,
@@ -88,10 +88,37 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+# Where a member name ends: a closing quote, optional whitespace, a colon. Every member of a
+# JSON text produces one such match; a string value containing `":` produces extra ones.
+_MEMBER_END = re.compile(rb'"[ \t\r\n]*:')
+
+
+def _count_members(value: Any) -> int:
+    """Members of every object in a parsed JSON value (json.loads yields plain dicts/lists)."""
+    count, pending = 0, [value]
+    while pending:
+        item = pending.pop()
+        kind = type(item)
+        if kind is dict:
+            count += len(item)
+            pending.extend(v for v in item.values() if type(v) in _CONTAINERS)
+        elif kind is list:
+            pending.extend(v for v in item if type(v) in _CONTAINERS)
+    return count
+
+
+_CONTAINERS = (dict, list)
+
+
 def _segment_json(segment: str) -> dict[str, Any]:
+    raw = _decode_segment(segment)
     try:
-        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-        value = json.loads(raw, object_pairs_hook=_no_duplicates)
+        # Fast path: the C parser, then proof that no member was collapsed. At least one match
+        # of _MEMBER_END exists per member written, so equal counts rule duplicates out; any
+        # doubt (more matches than members) takes the slow path that names the duplicate.
+        value = json.loads(raw)
+        if _count_members(value) != len(_MEMBER_END.findall(raw)):
+            value = json.loads(raw, object_pairs_hook=_no_duplicates)
     except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
         # RecursionError: JSON nested deeper than the interpreter's recursion limit.
         raise TokenRejected("malformed", "not base64url JSON") from None
@@ -115,7 +142,7 @@ def key_from_jwk(jwk: Mapping[str, Any]) -> VerificationKey | None:
     return None
 
 
-_JWS = jwt.PyJWS(algorithms=sorted(ALLOWED_ALGS))
+_ALGORITHMS = {name: get_default_algorithms()[name] for name in ALLOWED_ALGS}
 
 
 def verify_token(
@@ -129,6 +156,28 @@ def verify_token(
 ) -> dict[str, Any]:
     """Verify a sync token's signature and claims; the shared core of `GrantVerifier` and the
     control plane's introspection. Returns the claims; raises `TokenRejected`."""
+    return _verify(token, find_key, issuer=issuer, audience=audience, leeway=leeway, now=now)[0]
+
+
+def _decode_segment(segment: str) -> bytes:
+    try:
+        # validate=True: a character outside the alphabet is an error, not silently skipped.
+        return base64.b64decode(segment + "=" * (-len(segment) % 4), altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError):
+        raise TokenRejected("malformed", "a segment is not base64url") from None
+
+
+def _verify(
+    token: str,
+    find_key: Callable[[str], VerificationKey | None],
+    *,
+    issuer: str,
+    audience: str,
+    leeway: int,
+    now: float | None,
+) -> tuple[dict[str, Any], tuple[Grant, ...]]:
+    # Each segment is decoded and parsed exactly once, with duplicate members refused; PyJWT's
+    # algorithm object checks the signature over the exact bytes received.
     if not isinstance(token, str) or len(token) > MAX_TOKEN_BYTES:
         raise TokenRejected("malformed", "not a token, or larger than 16 KiB")
     parts = token.split(".")
@@ -138,8 +187,8 @@ def verify_token(
     alg, kid = header.get("alg"), header.get("kid")
     if not isinstance(alg, str) or alg not in ALLOWED_ALGS:  # a list or object is unhashable
         raise TokenRejected("invalid_signature", f"algorithm {alg!r} is not accepted")
-    if "crit" in header:
-        raise TokenRejected("malformed", "critical header extensions are not supported")
+    if "crit" in header or "b64" in header:
+        raise TokenRejected("malformed", "critical or b64 header extensions are not supported")
     if not isinstance(kid, str) or not kid or len(kid) > 128:
         raise TokenRejected("unknown_key", "the token names no usable key id")
     key = find_key(kid)
@@ -147,15 +196,13 @@ def verify_token(
         raise TokenRejected("unknown_key", "the token's key is not published by the issuer")
     if key.alg != alg:
         raise TokenRejected("invalid_signature", "the header's algorithm is not the key's")
-    try:
-        _JWS.decode_complete(token, key.key, algorithms=[key.alg])
-    except jwt.InvalidSignatureError:
-        raise TokenRejected("invalid_signature", "signature verification failed") from None
-    except jwt.PyJWTError:
-        raise TokenRejected("malformed", "the token cannot be decoded") from None
+    signature = _decode_segment(parts[2])
+    signing_input = f"{parts[0]}.{parts[1]}".encode()
+    if not _ALGORITHMS[alg].verify(signing_input, key.key, signature):
+        raise TokenRejected("invalid_signature", "signature verification failed")
     claims = _segment_json(parts[1])
     try:
-        validate_sync_claims(
+        grants = validate_sync_claims(
             claims,
             issuer=issuer,
             audience=audience,
@@ -164,7 +211,7 @@ def verify_token(
         )
     except ClaimsRejected as exc:
         raise TokenRejected(exc.code, str(exc)) from None
-    return claims
+    return claims, grants
 
 
 def authorize(
@@ -345,14 +392,14 @@ class GrantVerifier:
             if claims["exp"] <= time.time() - self.leeway:
                 raise TokenRejected("expired", "the token has expired")
         else:
-            claims = verify_token(
+            claims, parsed = _verify(
                 token, self._find_key, issuer=self.issuer, audience=self.audience,
-                leeway=self.leeway,
+                leeway=self.leeway, now=None,
             )  # fmt: skip
             grants = claims["grants"]
             with self._lock:
                 self._verified[token] = claims
-                self._parsed_grants[id(grants)] = (grants, parse_grants(grants))
+                self._parsed_grants[id(grants)] = (grants, parsed)
                 if len(self._verified) > self._cache_size:
                     _, evicted = self._verified.popitem(last=False)
                     self._parsed_grants.pop(id(evicted["grants"]), None)
