@@ -45,6 +45,7 @@ bench: install
 
 # A few minutes of sustained minting with concurrent admin changes on PostgreSQL.
 soak: install
+	CONTROL_FUZZ_EXAMPLES=300 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz.py
 	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 clean:
