@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import BaseModel, Field, StringConstraints
 
@@ -71,6 +71,3 @@ class ExplainDecision(BaseModel):
 class ExplainResponse(BaseModel):
     policy_rev: int
     decisions: list[ExplainDecision]
-
-
-ClaimsDict = dict[str, Any]
