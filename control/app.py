@@ -50,7 +50,7 @@ def prepare(state: AppState) -> None:
         state.keyring.load(session)
 
 
-def guard_for(access: Access) -> Callable[..., None]:
+def guard_for(access: Access) -> Callable[..., Any]:
     """The auth dependency for a route of the table, from its access requirement."""
     return require_client(access) if access.id_tokens else require(access)
 

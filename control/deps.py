@@ -12,7 +12,9 @@ from control.kit.db import unit_of_work
 from control.state import AppState
 
 
-def get_state(request: Request) -> AppState:
+# Dependencies that do no I/O are `async def`: FastAPI runs sync ones on the thread pool,
+# a hop per dependency on every request.
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.control
     return state
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from control.audit.models import AuditEvent
@@ -20,8 +21,9 @@ def record(
     org_id: str | None,
     detail: dict[str, Any] | None = None,
 ) -> None:
-    session.add(
-        AuditEvent(
+    # A Core insert: no ORM bookkeeping on the mint path, still inside the caller's transaction.
+    session.execute(
+        insert(AuditEvent).values(
             at=utcnow(),
             actor=actor,
             action=action,

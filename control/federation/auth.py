@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
 from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials
@@ -28,8 +28,8 @@ def authenticate_client(
 ClientCallerDep = Annotated[Caller, Depends(authenticate_client)]
 
 
-def require_client(access: Access) -> Callable[[Caller], None]:
-    def guard(caller: ClientCallerDep) -> None:
+def require_client(access: Access) -> Callable[[Caller], Coroutine[Any, Any, None]]:
+    async def guard(caller: ClientCallerDep) -> None:
         if not caller.has_any(access.roles):
             raise Forbidden(f"this route needs the {' or '.join(sorted(access.roles))} role")
 

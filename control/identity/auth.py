@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -80,10 +80,10 @@ def authenticate(
 CallerDep = Annotated[Caller, Depends(authenticate)]
 
 
-def require(access: Access) -> Callable[[Caller], None]:
+def require(access: Access) -> Callable[[Caller], Coroutine[Any, Any, None]]:
     """The dependency the route table attaches to a protected route."""
 
-    def guard(caller: CallerDep) -> None:
+    async def guard(caller: CallerDep) -> None:
         if not caller.has_any(access.roles):
             needed = " or ".join(sorted(access.roles))
             raise Forbidden(f"this route needs the {needed} role")
@@ -91,7 +91,7 @@ def require(access: Access) -> Callable[[Caller], None]:
     return guard
 
 
-def org_view(session: SessionDep, caller: CallerDep) -> OrgView:
+async def org_view(session: SessionDep, caller: CallerDep) -> OrgView:
     """The caller's view of org-owned rows (see `control.views`)."""
     return OrgView(session, caller.org_id)
 

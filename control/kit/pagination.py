@@ -42,7 +42,7 @@ def decode_cursor(cursor: str) -> Any:
     return after
 
 
-def page_request(
+async def page_request(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     cursor: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_-]{1,512}$")] = None,
 ) -> PageRequest:
