@@ -163,3 +163,16 @@ def fresh_database_url(
         pytest.skip(f"SKIPPED the PostgreSQL half: {reason}")
     with scratch_database() as url:
         yield url
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say plainly which database backends the run covered."""
+    counts = dict.fromkeys(BACKENDS, 0)
+    for status in ("passed", "failed", "error"):
+        for report in terminalreporter.stats.get(status, []):
+            for backend in BACKENDS:
+                if f"[{backend}" in report.nodeid or f"-{backend}" in report.nodeid:
+                    counts[backend] += 1
+    line = ", ".join(f"{backend}: {count} tests run" for backend, count in counts.items())
+    # A skipped half says why in pytest's own `SKIPPED ... PostgreSQL half` lines (-ra).
+    terminalreporter.write_line(f"database backends: {line}")
