@@ -167,6 +167,31 @@ def _decode_segment(segment: str) -> bytes:
         raise TokenRejected("malformed", "a segment is not base64url") from None
 
 
+# An issuer's tokens share a handful of header segments (one per key): remember the verdict on
+# each, so the hot path decodes and checks a header once, not once per token.
+_HEADERS: dict[str, tuple[str, str]] = {}
+_MAX_CACHED_HEADERS = 64
+
+
+def _read_header(segment: str) -> tuple[str, str]:
+    """The (alg, kid) of an acceptable JOSE header, or `TokenRejected`."""
+    cached = _HEADERS.get(segment)
+    if cached is not None:
+        return cached
+    header = _segment_json(segment)
+    alg, kid = header.get("alg"), header.get("kid")
+    if not isinstance(alg, str) or alg not in ALLOWED_ALGS:  # a list or object is unhashable
+        raise TokenRejected("invalid_signature", f"algorithm {alg!r} is not accepted")
+    if "crit" in header or "b64" in header:
+        raise TokenRejected("malformed", "critical or b64 header extensions are not supported")
+    if not isinstance(kid, str) or not kid or len(kid) > 128:
+        raise TokenRejected("unknown_key", "the token names no usable key id")
+    if len(_HEADERS) >= _MAX_CACHED_HEADERS:  # made-up headers must not grow memory
+        _HEADERS.clear()
+    _HEADERS[segment] = (alg, kid)
+    return alg, kid
+
+
 def _verify(
     token: str,
     find_key: Callable[[str], VerificationKey | None],
@@ -183,14 +208,7 @@ def _verify(
     parts = token.split(".")
     if len(parts) != 3:
         raise TokenRejected("malformed", "a JWS compact token has three parts")
-    header = _segment_json(parts[0])
-    alg, kid = header.get("alg"), header.get("kid")
-    if not isinstance(alg, str) or alg not in ALLOWED_ALGS:  # a list or object is unhashable
-        raise TokenRejected("invalid_signature", f"algorithm {alg!r} is not accepted")
-    if "crit" in header or "b64" in header:
-        raise TokenRejected("malformed", "critical or b64 header extensions are not supported")
-    if not isinstance(kid, str) or not kid or len(kid) > 128:
-        raise TokenRejected("unknown_key", "the token names no usable key id")
+    alg, kid = _read_header(parts[0])
     key = find_key(kid)
     if key is None:
         raise TokenRejected("unknown_key", "the token's key is not published by the issuer")
