@@ -37,6 +37,7 @@ __all__ = [
 
 TOKEN_PATH = "/api/sync/token"  # noqa: S105 - a path
 RETRYABLE = frozenset({429, 502, 503, 504})
+MAX_DELAY = 30.0
 
 
 class TokenSourceError(Exception):
@@ -123,9 +124,10 @@ class _Policy:
         raise TokenSourceError(detail, status=response.status_code, code=code)
 
     def delay(self, attempt: int, hinted: float) -> float:
+        # A caller blocked in token() waits at most MAX_DELAY per retry, whatever the hint.
         if hinted >= 0:
-            return hinted
-        return self.backoff * 2.0**attempt * random.uniform(0.5, 1.5)
+            return min(hinted, MAX_DELAY)
+        return min(self.backoff * 2.0**attempt * random.uniform(0.5, 1.5), MAX_DELAY)
 
 
 class SyncTokenSource:
@@ -184,7 +186,8 @@ class SyncTokenSource:
                 last_error, outcome = exc, -1.0
             if isinstance(outcome, SyncToken):
                 return outcome
-            time.sleep(self._policy.delay(attempt, outcome))
+            if attempt + 1 < self._policy.max_attempts:
+                time.sleep(self._policy.delay(attempt, outcome))
         raise TokenSourceError(f"no token after {self._policy.max_attempts} attempts: {last_error}")
 
     def close(self) -> None:
@@ -253,7 +256,8 @@ class AsyncSyncTokenSource:
                 last_error, outcome = exc, -1.0
             if isinstance(outcome, SyncToken):
                 return outcome
-            await asyncio.sleep(self._policy.delay(attempt, outcome))
+            if attempt + 1 < self._policy.max_attempts:
+                await asyncio.sleep(self._policy.delay(attempt, outcome))
         raise TokenSourceError(f"no token after {self._policy.max_attempts} attempts: {last_error}")
 
     async def aclose(self) -> None:
