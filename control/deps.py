@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
-from control.kit.db import unit_of_work
 from control.state import AppState
 
 
@@ -22,11 +22,42 @@ async def get_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-def get_session(state: StateDep) -> Iterator[Session]:
-    # scope="function" (below) ends the unit of work before the response is sent, so a failed
-    # commit becomes the response instead of vanishing after a 2xx went out.
-    with unit_of_work(state.sessions) as session:
-        yield session
+def _end_unit_of_work(session: Session, failed: bool) -> None:
+    try:
+        if failed:
+            session.rollback()
+        else:
+            try:
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+    finally:
+        session.close()
+
+
+async def get_session(state: StateDep) -> AsyncIterator[Session]:
+    """One unit of work per request: commit on success, roll back on error.
+
+    scope="function" (below) ends it before the response is sent, so a failed commit becomes
+    the response instead of vanishing after a 2xx went out. On SQLite, requests of this process
+    queue on an asyncio lock (no thread is held while waiting) rather than in SQLite's busy
+    handler, whose sleeps of up to 100 ms make the tail latency of concurrent writes.
+    """
+    lock = state.request_lock
+    if lock is not None:
+        await lock.acquire()
+    try:
+        session = state.sessions()
+        try:
+            yield session
+        except BaseException:
+            await run_in_threadpool(_end_unit_of_work, session, True)
+            raise
+        await run_in_threadpool(_end_unit_of_work, session, False)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]

@@ -5,6 +5,7 @@ Built in the app's lifespan (never at import) so tests and replicas each get the
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
@@ -31,6 +32,8 @@ class AppState:
     mint_limiter: RateLimiter = field(init=False)
     # Upstream identity providers' keys, for ID tokens presented at the token endpoint.
     upstream: UpstreamVerifier = field(init=False)
+    # SQLite has one writer: requests of this process queue here (see deps.get_session).
+    request_lock: asyncio.Lock | None = None
 
     def __post_init__(self) -> None:
         self.mint_limiter = RateLimiter(
@@ -52,4 +55,5 @@ class AppState:
             sessions=make_sessionmaker(engine),
             keyring=KeyRing(settings, cipher),
             credential_pepper=settings.credential_pepper_bytes(),
+            request_lock=asyncio.Lock() if engine.dialect.name == "sqlite" else None,
         )
