@@ -4,6 +4,7 @@ transaction per test, and the app served over that transaction."""
 from __future__ import annotations
 
 import base64
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -176,3 +177,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     line = ", ".join(f"{backend}: {count} tests run" for backend, count in counts.items())
     # A skipped half says why in pytest's own `SKIPPED ... PostgreSQL half` lines (-ra).
     terminalreporter.write_line(f"database backends: {line}")
+    fuzz = sys.modules.get("tests.test_fuzz")
+    if fuzz is not None and fuzz.CASES_RUN:
+        cases = sum(fuzz.CASES_RUN.values())
+        terminalreporter.write_line(
+            f"fuzz: {cases} generated requests over {len(fuzz.CASES_RUN)} operation runs"
+        )

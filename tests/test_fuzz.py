@@ -5,8 +5,6 @@ and PostgreSQL; `CONTROL_FUZZ_EXAMPLES` raises the examples per operation (`make
 from __future__ import annotations
 
 import os
-import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -62,17 +60,6 @@ def key_for(method: str, path: str, credentials: dict[str, str]) -> str | None:
 
 FUZZED = [(r.method, r.path) for r in ROUTES if r.status is Status.ACTIVE]
 CASES_RUN: dict[str, int] = {}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _report_case_count() -> Iterator[None]:
-    yield
-    total = sum(CASES_RUN.values())
-    # Past pytest's capture, so the figure shows in every run's output.
-    print(
-        f"\nfuzz: {total} generated requests over {len(CASES_RUN)} operation runs",
-        file=sys.__stderr__,
-    )
 
 
 @pytest.mark.parametrize(("method", "path"), FUZZED, ids=[f"{m} {p}" for m, p in FUZZED])
