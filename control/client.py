@@ -25,6 +25,7 @@ from datetime import datetime
 from typing import Any
 
 import httpx
+from typing_extensions import TypedDict, Unpack
 
 __all__ = [
     "AsyncSyncTokenSource",
@@ -130,12 +131,21 @@ class _Policy:
         return min(self.backoff * 2.0**attempt * random.uniform(0.5, 1.5), MAX_DELAY)
 
 
-class SyncTokenSource:
-    """A cached, self-refreshing sync token. Thread-safe."""
+class SourceOptions(TypedDict, total=False):
+    query_sets: Sequence[str] | None
+    ops: Sequence[str] | None
+    ttl_seconds: int | None
+    device_id: str | None
+    max_attempts: int
+    backoff: float
+    refresh_jitter: float
+
+
+class _TokenSourceBase:
+    """What both sources hold: the request they make, the credential, the current token."""
 
     def __init__(
         self,
-        base_url: str,
         api_key: str,
         streams: Sequence[str],
         *,
@@ -146,15 +156,29 @@ class SyncTokenSource:
         max_attempts: int = 5,
         backoff: float = 0.5,
         refresh_jitter: float = 0.5,
-        http: httpx.Client | None = None,
     ) -> None:
         self._policy = _Policy(
             streams, query_sets, ops, ttl_seconds, device_id, max_attempts, backoff, refresh_jitter
         )
-        self._http = http or httpx.Client(base_url=base_url, timeout=10.0)
-        self._owns_http = http is None
         self._headers = {"Authorization": f"Bearer {api_key}"}
         self._current: SyncToken | None = None
+
+
+class SyncTokenSource(_TokenSourceBase):
+    """A cached, self-refreshing sync token. Thread-safe. Options: see `SourceOptions`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        streams: Sequence[str],
+        *,
+        http: httpx.Client | None = None,
+        **options: Unpack[SourceOptions],
+    ) -> None:
+        super().__init__(api_key, streams, **options)
+        self._http = http or httpx.Client(base_url=base_url, timeout=10.0)
+        self._owns_http = http is None
         self._lock = threading.Lock()
 
     def token(self) -> str:
@@ -201,7 +225,7 @@ class SyncTokenSource:
         self.close()
 
 
-class AsyncSyncTokenSource:
+class AsyncSyncTokenSource(_TokenSourceBase):
     """The asyncio twin of `SyncTokenSource`: `await source.token()`."""
 
     def __init__(
@@ -210,22 +234,12 @@ class AsyncSyncTokenSource:
         api_key: str,
         streams: Sequence[str],
         *,
-        query_sets: Sequence[str] | None = None,
-        ops: Sequence[str] | None = None,
-        ttl_seconds: int | None = None,
-        device_id: str | None = None,
-        max_attempts: int = 5,
-        backoff: float = 0.5,
-        refresh_jitter: float = 0.5,
         http: httpx.AsyncClient | None = None,
+        **options: Unpack[SourceOptions],
     ) -> None:
-        self._policy = _Policy(
-            streams, query_sets, ops, ttl_seconds, device_id, max_attempts, backoff, refresh_jitter
-        )
+        super().__init__(api_key, streams, **options)
         self._http = http or httpx.AsyncClient(base_url=base_url, timeout=10.0)
         self._owns_http = http is None
-        self._headers = {"Authorization": f"Bearer {api_key}"}
-        self._current: SyncToken | None = None
         self._lock = asyncio.Lock()
 
     async def token(self) -> str:
