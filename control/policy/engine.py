@@ -242,5 +242,20 @@ def _decide_stream(
     )
 
 
+def decide_current(
+    view: OrgView,
+    policies: PolicyCache,
+    subject: Subject,
+    streams: Sequence[str],
+    query_sets: Sequence[str] | None = None,
+    ops: Sequence[Op] | None = None,
+) -> tuple[int, list[Decision]]:
+    """Decide under the org's current policy: the one entry point of minting and explain, so
+    an explanation is exactly what a mint would do. Returns the `policy_rev` used."""
+    policy_rev = current_policy_rev(view)
+    policy = policies.get(view, policy_rev)
+    return policy_rev, decide(view, policy, subject, streams, query_sets, ops)
+
+
 def current_policy_rev(view: OrgView) -> int:
     return int(view.session.scalar(select(Org.policy_rev).where(Org.id == view.org_id)) or 0)

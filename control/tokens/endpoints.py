@@ -8,7 +8,7 @@ from control.errors import ProblemError, problem_response
 from control.federation.auth import ClientCallerDep
 from control.identity.auth import ViewDep
 from control.identity.models import Principal
-from control.policy.engine import Subject, current_policy_rev, decide
+from control.policy.engine import Subject, decide_current
 from control.tokens.ratelimit import RateLimiter
 from control.tokens.schemas import (
     ExplainDecision,
@@ -50,10 +50,10 @@ def mint_token(
 def explain(body: ExplainRequest, view: ViewDep, state: StateDep) -> ExplainResponse:
     validate_request_shape(body.streams, body.query_sets, state.settings)
     principal = view.get(Principal, body.principal_id, "principal")
-    policy_rev = current_policy_rev(view)
-    policy = state.policies.get(view, policy_rev)
     subject = Subject(principal.id, principal.kind, frozenset(principal.roles))
-    decisions = decide(view, policy, subject, body.streams, body.query_sets, body.ops)
+    policy_rev, decisions = decide_current(
+        view, state.policies, subject, body.streams, body.query_sets, body.ops
+    )
     return ExplainResponse(
         policy_rev=policy_rev,
         decisions=[

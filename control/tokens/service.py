@@ -24,7 +24,7 @@ from control.grants import (
     scope_for,
 )
 from control.identity.auth import Caller
-from control.policy.engine import Decision, Subject, current_policy_rev, decide
+from control.policy.engine import Decision, Subject, decide_current
 from control.settings import Settings
 from control.state import AppState
 from control.tokens.identity import spacetimedb_identity
@@ -109,10 +109,10 @@ def mint(
         raise Forbidden("a device credential may only name its own device id")
 
     view = OrgView(session, caller.org_id)
-    policy_rev = current_policy_rev(view)
-    policy = state.policies.get(view, policy_rev)
     subject = Subject(caller.principal_id, caller.kind, caller.roles)
-    decisions = decide(view, policy, subject, body.streams, body.query_sets, body.ops)
+    policy_rev, decisions = decide_current(
+        view, state.policies, subject, body.streams, body.query_sets, body.ops
+    )
     granted = [d for d in decisions if d.allowed]
     denied = [
         Denial(stream=d.stream, reason=d.reason or "not_permitted")
