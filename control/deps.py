@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from control.kit.db import end_unit_of_work
 from control.state import AppState
 
 
@@ -20,20 +21,6 @@ async def get_state(request: Request) -> AppState:
 
 
 StateDep = Annotated[AppState, Depends(get_state)]
-
-
-def _end_unit_of_work(session: Session, failed: bool) -> None:
-    try:
-        if failed:
-            session.rollback()
-        else:
-            try:
-                session.commit()
-            except BaseException:
-                session.rollback()
-                raise
-    finally:
-        session.close()
 
 
 async def get_session(state: StateDep) -> AsyncIterator[Session]:
@@ -52,9 +39,9 @@ async def get_session(state: StateDep) -> AsyncIterator[Session]:
         try:
             yield session
         except BaseException:
-            await run_in_threadpool(_end_unit_of_work, session, True)
+            await run_in_threadpool(end_unit_of_work, session, True)
             raise
-        await run_in_threadpool(_end_unit_of_work, session, False)
+        await run_in_threadpool(end_unit_of_work, session, False)
     finally:
         if lock is not None:
             lock.release()

@@ -76,15 +76,29 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False, autoflush=True)
 
 
+def end_unit_of_work(session: Session, failed: bool) -> None:
+    """Commit (or, when the work failed or the commit does, roll back) and close: the one
+    place a transaction ends, for `unit_of_work` and the per-request session alike."""
+    try:
+        if failed:
+            session.rollback()
+        else:
+            try:
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+    finally:
+        session.close()
+
+
 @contextmanager
 def unit_of_work(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """Commit on success, roll back on any error: the one place a transaction ends."""
+    """Commit on success, roll back on any error."""
     session = factory()
     try:
         yield session
-        session.commit()
     except BaseException:
-        session.rollback()
+        end_unit_of_work(session, failed=True)
         raise
-    finally:
-        session.close()
+    end_unit_of_work(session, failed=False)
