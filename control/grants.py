@@ -44,7 +44,7 @@ OP_SCOPES: Mapping[Op, str] = {
     Op.CHECKPOINT: "sync.checkpoint.write",
 }
 OP_ORDER = tuple(Op)
-_OP_VALUES = frozenset(op.value for op in Op)
+_OP_BY_VALUE: Mapping[str, Op] = {op.value: op for op in Op}
 
 
 class GrammarError(ValueError):
@@ -72,13 +72,16 @@ class StreamId:
         return f"{self.kind}:{self.key}"
 
 
+def _not_a_stream_id(value: object) -> str:
+    return (
+        f"{value!r} is not a stream id (`<kind>:<key>`, kind {STREAM_KIND_PATTERN}, "
+        f"key {STREAM_KEY_PATTERN})"
+    )
+
+
 def parse_stream_id(value: object) -> StreamId:
     if not isinstance(value, str) or (match := _STREAM_ID.match(value)) is None:
-        raise GrammarError(
-            "invalid_stream_id",
-            f"{value!r} is not a stream id (`<kind>:<key>`, kind {STREAM_KIND_PATTERN}, "
-            f"key {STREAM_KEY_PATTERN})",
-        )
+        raise GrammarError("invalid_stream_id", _not_a_stream_id(value))
     return StreamId(match.group(1), match.group(2))
 
 
@@ -99,16 +102,24 @@ class QuerySetRef:
         return f"{self.name}@{self.version}"
 
 
+def _not_a_query_set_ref(value: object) -> str:
+    return f"{value!r} is not a query-set ref `name@version`"
+
+
 def parse_query_set_ref(value: object) -> QuerySetRef:
     if not isinstance(value, str) or (match := _QUERY_SET_REF.match(value)) is None:
-        raise GrammarError("invalid_query_set", f"{value!r} is not a query-set ref `name@version`")
+        raise GrammarError("invalid_query_set", _not_a_query_set_ref(value))
     return QuerySetRef(match.group(1), int(match.group(2)))
 
 
+def _not_an_op(value: object) -> str:
+    return f"{value!r} is not an op ({', '.join(OP_ORDER)})"
+
+
 def parse_op(value: object) -> Op:
-    if isinstance(value, str) and value in _OP_VALUES:
-        return Op(value)
-    raise GrammarError("invalid_op", f"{value!r} is not an op ({', '.join(OP_ORDER)})")
+    if isinstance(value, str) and value in _OP_BY_VALUE:
+        return _OP_BY_VALUE[value]
+    raise GrammarError("invalid_op", _not_an_op(value))
 
 
 def scope_for(ops: Iterable[Op]) -> str:
@@ -153,42 +164,53 @@ def make_grant(stream: str, query_sets: Iterable[str], ops: Iterable[Op]) -> Gra
     )
 
 
+_GRANT_MEMBERS = frozenset(("stream", "query_sets", "ops"))
+
+
+class _Malformed(GrammarError):
+    def __init__(self, why: str) -> None:
+        super().__init__("malformed_grants", f"grants claim is malformed: {why}")
+
+
 def parse_grants(value: object) -> tuple[Grant, ...]:
     """Parse a `grants` claim strictly: any deviation from the shape rejects the whole claim."""
-
-    def malformed(why: str) -> GrammarError:
-        return GrammarError("malformed_grants", f"grants claim is malformed: {why}")
-
-    if not isinstance(value, list):
-        raise malformed("not a list")
+    if type(value) is not list:
+        raise _Malformed("not a list")
     if len(value) > MAX_GRANTS_PER_CLAIM:
-        raise malformed(f"more than {MAX_GRANTS_PER_CLAIM} grants")
+        raise _Malformed(f"more than {MAX_GRANTS_PER_CLAIM} grants")
     grants: list[Grant] = []
     seen: set[str] = set()
     for entry in value:
-        if not isinstance(entry, dict) or set(entry) != {"stream", "query_sets", "ops"}:
-            raise malformed("each grant is exactly {stream, query_sets, ops}")
-        try:
-            stream = str(parse_stream_id(entry["stream"]))
-        except GrammarError as exc:
-            raise malformed(str(exc)) from None
-        if stream in seen:
-            raise malformed(f"{stream} appears twice")
-        seen.add(stream)
-        query_sets, ops = entry["query_sets"], entry["ops"]
-        if not isinstance(query_sets, list) or len(query_sets) > MAX_QUERY_SETS_PER_GRANT:
-            raise malformed(f"query_sets of {stream} is not a list of at most 32 refs")
-        if not isinstance(ops, list) or not ops:
-            raise malformed(f"ops of {stream} is not a non-empty list")
-        try:
-            refs = [str(parse_query_set_ref(ref)) for ref in query_sets]
-            parsed_ops = [parse_op(op) for op in ops]
-        except GrammarError as exc:
-            raise malformed(str(exc)) from None
-        if len(set(refs)) != len(refs) or len(set(parsed_ops)) != len(parsed_ops):
-            raise malformed(f"duplicate query set or op on {stream}")
-        grants.append(Grant(stream, tuple(refs), tuple(parsed_ops)))
+        if type(entry) is not dict or len(entry) != 3 or not entry.keys() >= _GRANT_MEMBERS:
+            raise _Malformed("each grant is exactly {stream, query_sets, ops}")
+        grant = _parse_entry(entry["stream"], entry["query_sets"], entry["ops"])
+        if grant.stream in seen:
+            raise _Malformed(f"{grant.stream} appears twice")
+        seen.add(grant.stream)
+        grants.append(grant)
     return tuple(grants)
+
+
+def _parse_entry(stream: object, query_sets: object, ops: object) -> Grant:
+    """One entry of a `grants` claim; a value that matches its pattern is already canonical."""
+    if type(stream) is not str or _STREAM_ID.match(stream) is None:
+        raise _Malformed(_not_a_stream_id(stream))
+    if type(query_sets) is not list or len(query_sets) > MAX_QUERY_SETS_PER_GRANT:
+        raise _Malformed(f"query_sets of {stream} is not a list of at most 32 refs")
+    if type(ops) is not list or not ops:
+        raise _Malformed(f"ops of {stream} is not a non-empty list")
+    for ref in query_sets:
+        if type(ref) is not str or _QUERY_SET_REF.match(ref) is None:
+            raise _Malformed(_not_a_query_set_ref(ref))
+    parsed_ops: list[Op] = []
+    for op in ops:
+        parsed = _OP_BY_VALUE.get(op) if type(op) is str else None
+        if parsed is None:
+            raise _Malformed(_not_an_op(op))
+        parsed_ops.append(parsed)
+    if len(set(query_sets)) != len(query_sets) or len(set(parsed_ops)) != len(parsed_ops):
+        raise _Malformed(f"duplicate query set or op on {stream}")
+    return Grant(stream, tuple(query_sets), tuple(parsed_ops))
 
 
 def authorize(
@@ -211,14 +233,63 @@ class ClaimsRejected(ValueError):
 
 
 REQUIRED_CLAIMS = ("iss", "sub", "aud", "iat", "exp", "jti", "token_use", "grants")
+_REQUIRED_CLAIM_SET = frozenset(REQUIRED_CLAIMS)
 
 
 def _int_claim(claims: Mapping[str, Any], name: str) -> int:
     value = claims.get(name)
-    # bool is an int in Python; a JSON `true` is not a timestamp.
-    if not isinstance(value, int) or isinstance(value, bool):
+    # `type(...) is int`: bool is an int in Python, and a JSON `true` is not a timestamp.
+    if type(value) is not int:
         raise ClaimsRejected("malformed", f"`{name}` must be an integer")
     return value
+
+
+def check_sync_claims(
+    claims: Mapping[str, Any],
+    *,
+    issuer: str,
+    audience: str,
+    now: int,
+    leeway: int = 0,
+) -> None:
+    """Every check of `validate_sync_claims` but the grants' grammar, in the same order."""
+    if not claims.keys() >= _REQUIRED_CLAIM_SET:
+        missing = next(name for name in REQUIRED_CLAIMS if name not in claims)
+        raise ClaimsRejected("malformed", f"`{missing}` claim is missing")
+    sub, jti = claims["sub"], claims["jti"]
+    if type(sub) is not str or not sub:
+        raise ClaimsRejected("malformed", "`sub` must be a string of 1 to 128 bytes")
+    # At most 128 UTF-8 bytes; a string of up to 32 characters cannot exceed that.
+    if len(sub) > 32:
+        try:
+            sub_bytes = len(sub.encode())
+        except UnicodeEncodeError:  # a lone surrogate is not UTF-8
+            raise ClaimsRejected("malformed", "`sub` must be valid UTF-8") from None
+        if sub_bytes > 128:
+            raise ClaimsRejected("malformed", "`sub` must be a string of 1 to 128 bytes")
+    elif not sub.isascii():
+        try:
+            sub.encode()
+        except UnicodeEncodeError:
+            raise ClaimsRejected("malformed", "`sub` must be valid UTF-8") from None
+    if type(jti) is not str or not jti:
+        raise ClaimsRejected("malformed", "`jti` must be a non-empty string")
+    # NUL is no character of any identifier we issue, and databases refuse it in text.
+    if "\x00" in sub or "\x00" in jti:
+        raise ClaimsRejected("malformed", "`sub` and `jti` must not contain NUL")
+    exp, iat = _int_claim(claims, "exp"), _int_claim(claims, "iat")
+    nbf = _int_claim(claims, "nbf") if "nbf" in claims else iat
+    if claims["iss"] != issuer:
+        raise ClaimsRejected("wrong_issuer", "the token was issued by another issuer")
+    aud = claims["aud"]
+    if aud != audience and (type(aud) is not list or audience not in aud):
+        raise ClaimsRejected("wrong_audience", "the token is for another audience")
+    if claims["token_use"] != TOKEN_USE:
+        raise ClaimsRejected("wrong_token_use", "the token is not a sync token")
+    if exp <= now - leeway:
+        raise ClaimsRejected("expired", "the token has expired")
+    if max(nbf, iat) > now + leeway:
+        raise ClaimsRejected("not_yet_valid", "the token is not valid yet")
 
 
 def validate_sync_claims(
@@ -234,38 +305,12 @@ def validate_sync_claims(
     The same checks, with the same codes, run in `control.runtime` and in the SpacetimeDB
     module's `client_connected` (`tests/vectors/claims.json` holds the shared cases).
     """
-    for name in REQUIRED_CLAIMS:
-        if name not in claims:
-            raise ClaimsRejected("malformed", f"`{name}` claim is missing")
-    sub = claims["sub"]
-    if not isinstance(sub, str):
-        raise ClaimsRejected("malformed", "`sub` must be a string of 1 to 128 bytes")
-    try:
-        sub_bytes = len(sub.encode())
-    except UnicodeEncodeError:  # a lone surrogate is not UTF-8
-        raise ClaimsRejected("malformed", "`sub` must be valid UTF-8") from None
-    if not 1 <= sub_bytes <= 128:
-        raise ClaimsRejected("malformed", "`sub` must be a string of 1 to 128 bytes")
-    jti = claims["jti"]
-    if not isinstance(jti, str) or not jti:
-        raise ClaimsRejected("malformed", "`jti` must be a non-empty string")
-    # NUL is no character of any identifier we issue, and databases refuse it in text.
-    if "\x00" in sub or "\x00" in jti:
-        raise ClaimsRejected("malformed", "`sub` and `jti` must not contain NUL")
-    exp, iat = _int_claim(claims, "exp"), _int_claim(claims, "iat")
-    nbf = _int_claim(claims, "nbf") if "nbf" in claims else iat
-    if claims["iss"] != issuer:
-        raise ClaimsRejected("wrong_issuer", "the token was issued by another issuer")
-    aud = claims["aud"]
-    audiences = aud if isinstance(aud, list) else [aud]
-    if audience not in audiences:
-        raise ClaimsRejected("wrong_audience", "the token is for another audience")
-    if claims["token_use"] != TOKEN_USE:
-        raise ClaimsRejected("wrong_token_use", "the token is not a sync token")
-    if exp <= now - leeway:
-        raise ClaimsRejected("expired", "the token has expired")
-    if max(nbf, iat) > now + leeway:
-        raise ClaimsRejected("not_yet_valid", "the token is not valid yet")
+    check_sync_claims(claims, issuer=issuer, audience=audience, now=now, leeway=leeway)
+    return grants_of(claims)
+
+
+def grants_of(claims: Mapping[str, Any]) -> tuple[Grant, ...]:
+    """The parsed `grants` claim of checked claims; `ClaimsRejected("malformed")` if invalid."""
     try:
         return parse_grants(claims["grants"])
     except GrammarError as exc:

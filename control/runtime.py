@@ -19,28 +19,32 @@ and revocations are cached, `verify` and `authorize` make no network call.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import logging
 import re
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import jwt
+import orjson
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm, get_default_algorithms
 
 from control.grants import (
     ClaimsRejected,
     Grant,
     GrantDecision,
+    check_sync_claims,
+    grants_of,
     parse_grants,
-    validate_sync_claims,
 )
 from control.grants import authorize as match_grant
 
@@ -72,57 +76,81 @@ class GrantDenied(Exception):
         self.code = code
 
 
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
+_RS256 = get_default_algorithms()["RS256"]
+
+
 @dataclass(frozen=True)
 class VerificationKey:
+    """A published key we accept, with the signature check for its algorithm."""
+
     alg: str
     key: Any
 
+    def check(self, signing_input: bytes, signature: bytes) -> bool:
+        """Whether `signature` (the JWS form) signs `signing_input` under this key."""
+        if self.alg != "ES256":
+            return bool(_RS256.verify(signing_input, self.key, signature))
+        # JWS carries ECDSA signatures as r || s, 32 bytes each for P-256; `cryptography`
+        # takes DER. The ECDSA parameters are built once, not per token.
+        if len(signature) != 64:
+            return False
+        der = encode_dss_signature(
+            int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+        )
+        try:
+            self.key.verify(der, signing_input, _ECDSA_SHA256)
+        except InvalidSignature:
+            return False
+        return True
+
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in result:
-            # Two parsers may pick different values of a duplicated member: refuse the token.
-            raise TokenRejected("malformed", f"duplicate member {name!r}")
-        result[name] = value
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        # Two parsers may pick different values of a duplicated member: refuse the token.
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise TokenRejected("malformed", f"duplicate member {name!r}")
+            seen.add(name)
     return result
 
 
-# Where a member name ends: a closing quote, optional whitespace, a colon. Every member of a
-# JSON text produces one such match; a string value containing `":` produces extra ones.
-_MEMBER_END = re.compile(rb'"[ \t\r\n]*:')
+def _not_json(constant: str) -> Any:
+    raise TokenRejected("malformed", f"{constant} is not JSON")
 
 
-def _count_members(value: Any) -> int:
-    """Members of every object in a parsed JSON value (json.loads yields plain dicts/lists)."""
-    count, pending = 0, [value]
-    while pending:
-        item = pending.pop()
-        kind = type(item)
-        if kind is dict:
-            count += len(item)
-            pending.extend(v for v in item.values() if type(v) in _CONTAINERS)
-        elif kind is list:
-            pending.extend(v for v in item if type(v) in _CONTAINERS)
-    return count
+# One decoder, built once: `json.loads` with a hook would build a new decoder on every call,
+# which costs more than the parse itself. The hook sees every object, so duplicates anywhere
+# in the claims are refused; NaN and Infinity, which RFC 8259 does not allow, are refused too.
+_CLAIMS_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_not_json)
 
 
-_CONTAINERS = (dict, list)
+def _parse_json(raw: bytes) -> Any:
+    """A JOSE segment's JSON, with duplicate members refused.
 
-
-def _segment_json(segment: str) -> dict[str, Any]:
-    raw = _decode_segment(segment)
+    Fast path: orjson parses, and re-serializing the value gives back the very same bytes. That
+    proves no member was dropped, since a text with a duplicate has more members than the value
+    it parses to. Compact JSON, which this issuer and most others write, takes it; any other
+    text (whitespace, escapes, big numbers) takes the standard decoder, which names duplicates.
+    """
     try:
-        # Fast path: the C parser, then proof that no member was collapsed. At least one match
-        # of _MEMBER_END exists per member written, so equal counts rule duplicates out; any
-        # doubt (more matches than members) takes the slow path that names the duplicate.
-        value = json.loads(raw)
-        if _count_members(value) != len(_MEMBER_END.findall(raw)):
-            value = json.loads(raw, object_pairs_hook=_no_duplicates)
-    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
+        value = orjson.loads(raw)
+        if orjson.dumps(value) == raw:
+            return value
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+        pass
+    try:
+        return _CLAIMS_DECODER.decode(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
         # RecursionError: JSON nested deeper than the interpreter's recursion limit.
         raise TokenRejected("malformed", "not base64url JSON") from None
-    if not isinstance(value, dict):
+
+
+def _segment_json(segment: bytes) -> dict[str, Any]:
+    value = _parse_json(_decode_segment(segment))
+    if type(value) is not dict:
         raise TokenRejected("malformed", "not a JSON object")
     return value
 
@@ -142,9 +170,6 @@ def key_from_jwk(jwk: Mapping[str, Any]) -> VerificationKey | None:
     return None
 
 
-_ALGORITHMS = {name: get_default_algorithms()[name] for name in ALLOWED_ALGS}
-
-
 def verify_token(
     token: str,
     find_key: Callable[[str], VerificationKey | None],
@@ -159,21 +184,28 @@ def verify_token(
     return _verify(token, find_key, issuer=issuer, audience=audience, leeway=leeway, now=now)[0]
 
 
-def _decode_segment(segment: str) -> bytes:
+# base64url to the standard alphabet; `+` and `/` become a byte outside it, so strict decoding
+# refuses them as it refuses any other character that is not base64url.
+_FROM_BASE64URL = bytes.maketrans(b"-_+/", b"+/!!")
+_PADDING = (b"", b"===", b"==", b"=")
+
+
+def _decode_segment(segment: bytes) -> bytes:
     try:
-        # validate=True: a character outside the alphabet is an error, not silently skipped.
-        return base64.b64decode(segment + "=" * (-len(segment) % 4), altchars=b"-_", validate=True)
+        return binascii.a2b_base64(
+            (segment + _PADDING[len(segment) % 4]).translate(_FROM_BASE64URL), strict_mode=True
+        )
     except (binascii.Error, ValueError):
         raise TokenRejected("malformed", "a segment is not base64url") from None
 
 
 # An issuer's tokens share a handful of header segments (one per key): remember the verdict on
 # each, so the hot path decodes and checks a header once, not once per token.
-_HEADERS: dict[str, tuple[str, str]] = {}
+_HEADERS: dict[bytes, tuple[str, str]] = {}
 _MAX_CACHED_HEADERS = 64
 
 
-def _read_header(segment: str) -> tuple[str, str]:
+def _read_header(segment: bytes) -> tuple[str, str]:
     """The (alg, kid) of an acceptable JOSE header, or `TokenRejected`."""
     cached = _HEADERS.get(segment)
     if cached is not None:
@@ -201,11 +233,15 @@ def _verify(
     leeway: int,
     now: float | None,
 ) -> tuple[dict[str, Any], tuple[Grant, ...]]:
-    # Each segment is decoded and parsed exactly once, with duplicate members refused; PyJWT's
-    # algorithm object checks the signature over the exact bytes received.
+    # Each segment is decoded and parsed exactly once, with duplicate members refused; the
+    # signature is checked over the exact bytes received, before the claims are parsed.
     if not isinstance(token, str) or len(token) > MAX_TOKEN_BYTES:
         raise TokenRejected("malformed", "not a token, or larger than 16 KiB")
-    parts = token.split(".")
+    try:
+        data = token.encode("ascii")  # a compact JWS is ASCII: anything else is not a token
+    except UnicodeEncodeError:
+        raise TokenRejected("malformed", "not a compact JWS") from None
+    parts = data.split(b".")
     if len(parts) != 3:
         raise TokenRejected("malformed", "a JWS compact token has three parts")
     alg, kid = _read_header(parts[0])
@@ -214,22 +250,44 @@ def _verify(
         raise TokenRejected("unknown_key", "the token's key is not published by the issuer")
     if key.alg != alg:
         raise TokenRejected("invalid_signature", "the header's algorithm is not the key's")
-    signature = _decode_segment(parts[2])
-    signing_input = f"{parts[0]}.{parts[1]}".encode()
-    if not _ALGORITHMS[alg].verify(signing_input, key.key, signature):
+    signing_input = data[: len(parts[0]) + 1 + len(parts[1])]
+    if not key.check(signing_input, _decode_segment(parts[2])):
         raise TokenRejected("invalid_signature", "signature verification failed")
     claims = _segment_json(parts[1])
     try:
-        grants = validate_sync_claims(
+        check_sync_claims(
             claims,
             issuer=issuer,
             audience=audience,
             now=int(now if now is not None else time.time()),
             leeway=leeway,
         )
+        grants = _grants_of(claims)
     except ClaimsRejected as exc:
         raise TokenRejected(exc.code, str(exc)) from None
     return claims, grants
+
+
+# Grants claims already parsed, keyed by their compact JSON. A runtime sees the same few grants
+# again and again (each refresh of a client's token carries the grants it had), so most tokens
+# skip the grammar checks. The claims come from a JSON text, and equal JSON texts are equal
+# values, so a hit is exactly the parse the checks would give; only valid claims are stored.
+_PARSED_GRANTS: dict[bytes, tuple[Grant, ...]] = {}
+_MAX_PARSED_GRANTS = 4096
+
+
+def _grants_of(claims: Mapping[str, Any]) -> tuple[Grant, ...]:
+    try:
+        key = orjson.dumps(claims["grants"])
+    except orjson.JSONEncodeError:  # a number orjson cannot write: the full parse decides
+        return grants_of(claims)
+    grants = _PARSED_GRANTS.get(key)
+    if grants is None:
+        grants = grants_of(claims)
+        if len(_PARSED_GRANTS) >= _MAX_PARSED_GRANTS:  # made-up grants must not grow memory
+            _PARSED_GRANTS.clear()
+        _PARSED_GRANTS[key] = grants
+    return grants
 
 
 def authorize(
@@ -268,11 +326,12 @@ class _Revocations:
                 self.subjects[value] = max(self.subjects.get(value, 0), not_before)
 
     def reason(self, claims: Mapping[str, Any]) -> str | None:
-        if claims.get("jti") in self.jtis:
+        if self.jtis and claims["jti"] in self.jtis:
             return "revoked"
-        not_before = self.subjects.get(str(claims.get("sub")))
-        if not_before is not None and int(claims.get("iat", 0)) < not_before:
-            return "revoked"
+        if self.subjects:
+            not_before = self.subjects.get(claims["sub"])
+            if not_before is not None and claims["iat"] < not_before:
+                return "revoked"
         return None
 
 
@@ -324,7 +383,7 @@ class GrantVerifier:
         self._lock = threading.Lock()
         # token -> verified claims. The claims handed out share their `grants` list object with
         # the cached claims, which is how `authorize` finds grants it has already parsed.
-        self._verified: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._verified: dict[str, dict[str, Any]] = {}
         self._parsed_grants: dict[int, tuple[Any, tuple[Grant, ...]]] = {}
         self._cache_size = cache_size
         self._revocations = _Revocations()
@@ -418,8 +477,8 @@ class GrantVerifier:
             with self._lock:
                 self._verified[token] = claims
                 self._parsed_grants[id(grants)] = (grants, parsed)
-                if len(self._verified) > self._cache_size:
-                    _, evicted = self._verified.popitem(last=False)
+                if len(self._verified) > self._cache_size:  # the oldest goes first
+                    evicted = self._verified.pop(next(iter(self._verified)))
                     self._parsed_grants.pop(id(evicted["grants"]), None)
         reason = self._revocations.reason(claims)
         if reason is not None:
