@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, select, update
 
 from control.deps import SessionDep, StateDep
 from control.errors import Forbidden, Unauthorized
@@ -24,6 +24,35 @@ bearer_scheme = HTTPBearer(auto_error=False, description="An API key (`ctl_…`)
 # Refresh `last_used_at` at most this often per credential: a write on every request would
 # turn each read into a write.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
+
+
+# Built once: every authenticated request runs these, and building a statement costs more than
+# SQLite takes to run it. Plain columns, not ORM entities: nothing here needs an identity map.
+_credential_table, _principal_table = (
+    cast(Table, Credential.__table__),
+    cast(Table, Principal.__table__),
+)
+_credentials, _principals = _credential_table.c, _principal_table.c
+_CALLER_BY_KEY_HASH = (
+    select(
+        _credentials.id,
+        _credentials.revoked_at,
+        _credentials.expires_at,
+        _credentials.last_used_at,
+        _principals.id.label("principal_id"),
+        _principals.org_id,
+        _principals.kind,
+        _principals.roles,
+        _principals.disabled,
+    )
+    .join_from(_credential_table, _principal_table, _principals.id == _credentials.principal_id)
+    .where(_credentials.key_hash == bindparam("key_hash"))
+)
+_TOUCH_CREDENTIAL = (
+    update(_credential_table)
+    .where(_credentials.id == bindparam("credential_id"))
+    .values(last_used_at=bindparam("now"))
+)
 
 
 @dataclass(frozen=True)
@@ -49,31 +78,24 @@ def authenticate(
     if not looks_like_api_key(presented):
         raise Unauthorized("the credential is not a valid API key", reason="invalid_credential")
     key_hash = hash_api_key(state.credential_pepper, presented)
-    row = session.execute(
-        select(Credential, Principal)
-        .join(Principal, Principal.id == Credential.principal_id)
-        .where(Credential.key_hash == key_hash)
-    ).one_or_none()
+    row = session.execute(_CALLER_BY_KEY_HASH, {"key_hash": key_hash}).one_or_none()
     # Unknown, revoked, expired and disabled all read the same to the caller.
     rejected = Unauthorized("the credential is invalid", reason="invalid_credential")
     if row is None:
         raise rejected
-    credential, principal = row
     now = utcnow()
-    if credential.revoked_at is not None or principal.disabled:
+    if row.revoked_at is not None or row.disabled:
         raise rejected
-    if credential.expires_at is not None and credential.expires_at <= now:
+    if row.expires_at is not None and row.expires_at <= now:
         raise rejected
-    if credential.last_used_at is None or now - credential.last_used_at > LAST_USED_RESOLUTION:
-        session.execute(
-            update(Credential).where(Credential.id == credential.id).values(last_used_at=now)
-        )
+    if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
+        session.execute(_TOUCH_CREDENTIAL, {"credential_id": row.id, "now": now})
     return Caller(
-        principal_id=principal.id,
-        org_id=principal.org_id,
-        kind=principal.kind,
-        roles=frozenset(principal.roles),
-        credential_id=credential.id,
+        principal_id=row.principal_id,
+        org_id=row.org_id,
+        kind=row.kind,
+        roles=frozenset(row.roles),
+        credential_id=row.id,
     )
 
 

@@ -11,8 +11,9 @@ import threading
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select
 
 from control.grants import Grant, Op, make_grant, parse_query_set_ref
 from control.identity.models import Org
@@ -25,6 +26,23 @@ NOT_PERMITTED = "not_permitted"
 QUERY_SET_NOT_ALLOWED = "query_set_not_allowed"
 OP_NOT_ALLOWED = "op_not_allowed"
 DENIED_BY_RULE = "denied_by_rule"
+
+
+# The reads every mint makes, built once (statement construction costs more than SQLite takes
+# to run them) and run through `OrgView.execute`, which binds `org_id`.
+_orgs, _streams = cast(Table, Org.__table__).c, cast(Table, Stream.__table__).c
+_POLICY_REV = select(_orgs.policy_rev).where(_orgs.id == bindparam("org_id"))
+_STREAMS_BY_ID = select(_streams.id, _streams.kind, _streams.owner_id).where(
+    _streams.org_id == bindparam("org_id"), _streams.id.in_(bindparam("ids", expanding=True))
+)
+
+
+class RegisteredStream(NamedTuple):
+    """What a decision needs of a registered stream."""
+
+    id: str
+    kind: str
+    owner_id: str | None
 
 
 @dataclass(frozen=True)
@@ -159,8 +177,8 @@ def decide(
     wanted_sets = _requested_names(query_sets)
     stream_ids = list(dict.fromkeys(streams))
     rows = {
-        row.id: row
-        for row in view.session.scalars(view.select(Stream).where(Stream.id.in_(stream_ids)))
+        row.id: RegisteredStream(row.id, row.kind, row.owner_id)
+        for row in view.execute(_STREAMS_BY_ID, ids=stream_ids)
     }
     return [
         _decide_stream(policy, subject, stream_id, rows.get(stream_id), wanted_sets, wanted_ops)
@@ -172,7 +190,7 @@ def _decide_stream(
     policy: CompiledPolicy,
     subject: Subject,
     stream_id: str,
-    stream: Stream | None,
+    stream: RegisteredStream | None,
     wanted_sets: dict[str, int | None] | None,
     wanted_ops: frozenset[Op],
 ) -> Decision:
@@ -258,4 +276,4 @@ def decide_current(
 
 
 def current_policy_rev(view: OrgView) -> int:
-    return int(view.session.scalar(select(Org.policy_rev).where(Org.id == view.org_id)) or 0)
+    return int(view.execute(_POLICY_REV).scalar() or 0)

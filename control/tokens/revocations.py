@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
+from typing import cast
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from control.kit import locks
@@ -44,13 +45,16 @@ def revoke(
     return row
 
 
+# Built once: every mint reads it.
+_revocations = cast(Table, Revocation.__table__).c
+_SUBJECT_NOT_BEFORE = select(func.max(_revocations.not_before)).where(
+    _revocations.kind == "subject", _revocations.value == bindparam("subject")
+)
+
+
 def subject_not_before(session: Session, subject: str) -> int | None:
     """The latest `not_before` (epoch seconds) of the subject's revocations, if any."""
-    latest = session.scalar(
-        select(func.max(Revocation.not_before)).where(
-            Revocation.kind == "subject", Revocation.value == subject
-        )
-    )
+    latest = session.execute(_SUBJECT_NOT_BEFORE, {"subject": subject}).scalar()
     if latest is None:
         return None
     if latest.tzinfo is None:  # SQLite's aggregate bypasses the column type
