@@ -42,6 +42,7 @@ pytest: install
 bench: install
 	$(BIN)/python bench/mint.py
 	$(BIN)/python bench/verify.py
+	$(BIN)/python bench/ceiling.py
 
 # A few minutes of sustained minting with concurrent admin changes on PostgreSQL.
 soak: install
