@@ -41,7 +41,12 @@ async def get_session(state: StateDep) -> AsyncIterator[Session]:
         except BaseException:
             await run_in_threadpool(end_unit_of_work, session, True)
             raise
-        await run_in_threadpool(end_unit_of_work, session, False)
+        if session.in_transaction():
+            await run_in_threadpool(end_unit_of_work, session, False)
+        else:
+            # Nothing begun, or the endpoint ended the unit on its own worker thread (minting
+            # does, to save a hop): closing holds no connection, so it needs no thread.
+            session.close()
     finally:
         if lock is not None:
             lock.release()
