@@ -1,26 +1,54 @@
-"""How fast could any mint be on this stack? The mint/healthz ratios of `bench/ceiling_app.py`.
+"""How fast could any mint be on this stack? Two bounds, each measured beside /healthz.
 
-Serves the ceiling app (the service's middleware, request and response models and ES256
-signing; no database, credential lookup, policy or audit) with one uvicorn worker on a loopback
-port, and drives GET /healthz and the two signing endpoints in alternating phases at 16
-keep-alive clients, as `bench/mint.py` drives the service. The ratios bound the service's mint
-ratios from above: a real mint does all of this and more.
+1. The ceiling app (`bench/ceiling_app.py`: the service's middleware, request and response
+   models and ES256 signing; no database, credential lookup, policy or audit), served with one
+   uvicorn worker on a loopback port and driven like `bench/mint.py` drives the service: GET
+   /healthz and two signing endpoints in alternating phases at 16 keep-alive clients.
+2. The database floor: the statements a mint runs (the caller by key hash, `policy_rev`, the
+   requested streams, the subject's revocation floor, the audit insert) and its commit, executed
+   directly through SQLAlchemy against a database the service set up, with no HTTP and no
+   framework; CPU per mint of this process, which is what the service's process would pay.
+
+A real mint does all of (1) and all of (2), so each bounds the service's mint ratios from above.
 
     .venv/bin/python bench/ceiling.py [--seconds 3] [--rounds 3] [--concurrency 16]
+                                      [--backends sqlite,postgresql] [--mints 2000]
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import os
+import secrets
 import subprocess
 import sys
+import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-from loadgen import PhaseResult, get_request, median, post_request, run_phase
+from loadgen import (
+    PhaseResult,
+    database,
+    get_request,
+    make_world,
+    median,
+    post_request,
+    run_phase,
+    serving,
+)
+from sqlalchemy.orm import sessionmaker
 
+from control.audit.service import _INSERT_EVENT
+from control.identity.auth import _CALLER_BY_KEY_HASH
+from control.identity.secrets import hash_api_key
+from control.kit.db import make_engine
+from control.policy.engine import _POLICY_REV, _STREAMS_BY_ID
+from control.tokens.revocations import _SUBJECT_NOT_BEFORE
+from tests.conftest import PEPPER
+from tests.pg import postgres_available
 from tests.server import free_port
 
 HERE = Path(__file__).resolve().parent
@@ -50,11 +78,57 @@ def serve(port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("the ceiling app did not start")
 
 
+def database_floor(backend: str, mints: int) -> float:
+    """Microseconds of this process's CPU per mint for a mint's statements and commit alone."""
+    with tempfile.TemporaryDirectory(prefix="control-ceiling-") as tmp:
+        workdir = Path(tmp)
+        with database(backend, workdir) as url, serving(url, workdir) as server:
+            world = make_world(server, 100)
+            if url.startswith("postgresql://"):
+                url = "postgresql+psycopg://" + url[len("postgresql://") :]
+            engine = make_engine(url)
+            sessions = sessionmaker(bind=engine, expire_on_commit=False)
+            key_hash = hash_api_key(base64.urlsafe_b64decode(PEPPER), world.member_key)
+
+            def one_mint(index: int) -> None:
+                with sessions() as session:
+                    caller = session.execute(_CALLER_BY_KEY_HASH, {"key_hash": key_hash}).one()
+                    params = {"org_id": caller.org_id}
+                    session.execute(_POLICY_REV, params).scalar()
+                    stream = world.streams[index % len(world.streams)]
+                    rows = session.execute(_STREAMS_BY_ID, {**params, "ids": [stream]}).all()
+                    assert rows, "the stream is registered"
+                    session.execute(_SUBJECT_NOT_BEFORE, {"subject": caller.principal_id})
+                    session.execute(
+                        _INSERT_EVENT,
+                        {
+                            "at": datetime.now(UTC),
+                            "actor": caller.principal_id,
+                            "action": "token.mint",
+                            "target": caller.principal_id,
+                            "org_id": caller.org_id,
+                            "detail": {"jti": secrets.token_urlsafe(16), "grants": [stream]},
+                        },
+                    )
+                    session.commit()
+
+            for index in range(200):  # warm the statement caches and the pool
+                one_mint(index)
+            began = time.process_time()
+            for index in range(mints):
+                one_mint(index)
+            cpu = time.process_time() - began
+            engine.dispose()
+    return cpu / mints * 1e6
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--mints", type=int, default=2000, help="mints for the database floor")
     args = parser.parse_args()
 
     port = free_port()
@@ -92,6 +166,15 @@ def main() -> int:
         process.wait(10)
 
     health = results[PHASES[0][0]]
+    health_cpu = median([h.server_cpu_us for h in health])
+    floors: dict[str, float] = {}
+    for backend in (b.strip() for b in args.backends.split(",") if b.strip()):
+        unreachable = postgres_available() if backend == "postgresql" else None
+        if unreachable:
+            print(f"  database floor on postgresql: SKIPPED, {unreachable}")
+            continue
+        floors[backend] = database_floor(backend, args.mints)
+
     print(
         f"\nCeiling of a mint on one uvicorn worker, {args.concurrency} clients, median of "
         f"{args.rounds} rounds ({os.cpu_count()} shared cores):"
@@ -104,6 +187,15 @@ def main() -> int:
         print(
             f"  {name:<36} throughput {throughput:6.1%} of healthz, p99 {p99:5.1f}x, "
             f"server {cpu:5.0f} us/req"
+        )
+    print(f"  GET /healthz: server {health_cpu:5.0f} us/req")
+    for backend, floor in floors.items():
+        # mint/healthz throughput <= healthz cost / (healthz cost + this floor), and the floor
+        # leaves out the request itself, the policy decision and the signature.
+        bound = health_cpu / (health_cpu + floor)
+        print(
+            f"  database floor, {backend:<10} {floor:5.0f} us of CPU per mint (statements and "
+            f"commit alone): mint/healthz throughput can be at most {bound:5.1%}"
         )
     return 0
 
