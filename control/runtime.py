@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import jwt
@@ -40,10 +40,10 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm, get_default_algorithms
 
 from control.grants import (
     ClaimsRejected,
+    GrammarError,
     Grant,
     GrantDecision,
     check_sync_claims,
-    grants_of,
     parse_grants,
 )
 from control.grants import authorize as match_grant
@@ -148,8 +148,8 @@ def _parse_json(raw: bytes) -> Any:
         raise TokenRejected("malformed", "not base64url JSON") from None
 
 
-def _segment_json(segment: bytes) -> dict[str, Any]:
-    value = _parse_json(_decode_segment(segment))
+def _json_object(raw: bytes) -> dict[str, Any]:
+    value = _parse_json(raw)
     if type(value) is not dict:
         raise TokenRejected("malformed", "not a JSON object")
     return value
@@ -170,6 +170,12 @@ def key_from_jwk(jwk: Mapping[str, Any]) -> VerificationKey | None:
     return None
 
 
+class _Verified(NamedTuple):
+    claims: dict[str, Any]
+    grants: tuple[Grant, ...]
+    payload: bytes  # the claims' JSON text, as signed
+
+
 def verify_token(
     token: str,
     find_key: Callable[[str], VerificationKey | None],
@@ -181,7 +187,7 @@ def verify_token(
 ) -> dict[str, Any]:
     """Verify a sync token's signature and claims; the shared core of `GrantVerifier` and the
     control plane's introspection. Returns the claims; raises `TokenRejected`."""
-    return _verify(token, find_key, issuer=issuer, audience=audience, leeway=leeway, now=now)[0]
+    return _verify(token, find_key, issuer=issuer, audience=audience, leeway=leeway, now=now).claims
 
 
 # base64url to the standard alphabet; `+` and `/` become a byte outside it, so strict decoding
@@ -210,7 +216,7 @@ def _read_header(segment: bytes) -> tuple[str, str]:
     cached = _HEADERS.get(segment)
     if cached is not None:
         return cached
-    header = _segment_json(segment)
+    header = _json_object(_decode_segment(segment))
     alg, kid = header.get("alg"), header.get("kid")
     if not isinstance(alg, str) or alg not in ALLOWED_ALGS:  # a list or object is unhashable
         raise TokenRejected("invalid_signature", f"algorithm {alg!r} is not accepted")
@@ -232,7 +238,7 @@ def _verify(
     audience: str,
     leeway: int,
     now: float | None,
-) -> tuple[dict[str, Any], tuple[Grant, ...]]:
+) -> _Verified:
     # Each segment is decoded and parsed exactly once, with duplicate members refused; the
     # signature is checked over the exact bytes received, before the claims are parsed.
     if not isinstance(token, str) or len(token) > MAX_TOKEN_BYTES:
@@ -253,7 +259,8 @@ def _verify(
     signing_input = data[: len(parts[0]) + 1 + len(parts[1])]
     if not key.check(signing_input, _decode_segment(parts[2])):
         raise TokenRejected("invalid_signature", "signature verification failed")
-    claims = _segment_json(parts[1])
+    payload = _decode_segment(parts[1])
+    claims = _json_object(payload)
     try:
         check_sync_claims(
             claims,
@@ -262,28 +269,32 @@ def _verify(
             now=int(now if now is not None else time.time()),
             leeway=leeway,
         )
-        grants = _grants_of(claims)
     except ClaimsRejected as exc:
         raise TokenRejected(exc.code, str(exc)) from None
-    return claims, grants
+    try:
+        grants = _parse_grants_cached(claims["grants"])
+    except GrammarError as exc:
+        raise TokenRejected("malformed", str(exc)) from None
+    return _Verified(claims, grants, payload)
 
 
 # Grants claims already parsed, keyed by their compact JSON. A runtime sees the same few grants
 # again and again (each refresh of a client's token carries the grants it had), so most tokens
-# skip the grammar checks. The claims come from a JSON text, and equal JSON texts are equal
-# values, so a hit is exactly the parse the checks would give; only valid claims are stored.
+# and most `authorize` calls skip the grammar checks. A miss parses the JSON form of the key,
+# not the value it came from, so a hit and a miss always agree: grants are what their JSON says.
 _PARSED_GRANTS: dict[bytes, tuple[Grant, ...]] = {}
 _MAX_PARSED_GRANTS = 4096
 
 
-def _grants_of(claims: Mapping[str, Any]) -> tuple[Grant, ...]:
+def _parse_grants_cached(value: Any) -> tuple[Grant, ...]:
+    """`parse_grants` of a `grants` claim value, through the cache; raises `GrammarError`."""
     try:
-        key = orjson.dumps(claims["grants"])
-    except orjson.JSONEncodeError:  # a number orjson cannot write: the full parse decides
-        return grants_of(claims)
+        key = orjson.dumps(value)
+    except orjson.JSONEncodeError:  # no JSON form orjson writes (a huge number, a surrogate)
+        return parse_grants(value)
     grants = _PARSED_GRANTS.get(key)
     if grants is None:
-        grants = grants_of(claims)
+        grants = parse_grants(orjson.loads(key))
         if len(_PARSED_GRANTS) >= _MAX_PARSED_GRANTS:  # made-up grants must not grow memory
             _PARSED_GRANTS.clear()
         _PARSED_GRANTS[key] = grants
@@ -295,8 +306,8 @@ def authorize(
 ) -> Grant:
     """Check verified claims cover `stream`, `query_set` (name or `name@version`) and `op`."""
     try:
-        grants = parse_grants(claims.get("grants"))
-    except ValueError:
+        grants = _parse_grants_cached(claims.get("grants"))
+    except GrammarError:
         raise GrantDenied("stream_not_granted", "the token carries no valid grants") from None
     return _match(grants, stream, query_set, op)
 
@@ -381,10 +392,9 @@ class GrantVerifier:
         self._keys_expire_at = 0.0
         self._last_fetch = float("-inf")
         self._lock = threading.Lock()
-        # token -> verified claims. The claims handed out share their `grants` list object with
-        # the cached claims, which is how `authorize` finds grants it has already parsed.
-        self._verified: dict[str, dict[str, Any]] = {}
-        self._parsed_grants: dict[int, tuple[Any, tuple[Grant, ...]]] = {}
+        # token -> (exp, the claims' JSON text). Bytes, not the claims: every call hands out
+        # claims of its own, which the caller may change freely, and the cache stays small.
+        self._verified: dict[str, tuple[int, bytes]] = {}
         self._cache_size = cache_size
         self._revocations = _Revocations()
         self._stop = threading.Event()
@@ -464,26 +474,26 @@ class GrantVerifier:
 
     def verify(self, token: str) -> dict[str, Any]:
         """The token's claims, or `TokenRejected` with a code."""
-        claims = self._verified.get(token) if isinstance(token, str) else None
-        if claims is not None:
-            if claims["exp"] <= time.time() - self.leeway:
+        cached = self._verified.get(token) if isinstance(token, str) else None
+        if cached is not None:
+            exp, payload = cached
+            if exp <= time.time() - self.leeway:
                 raise TokenRejected("expired", "the token has expired")
+            claims = _json_object(payload)
         else:
-            claims, parsed = _verify(
+            verified = _verify(
                 token, self._find_key, issuer=self.issuer, audience=self.audience,
                 leeway=self.leeway, now=None,
             )  # fmt: skip
-            grants = claims["grants"]
-            with self._lock:
-                self._verified[token] = claims
-                self._parsed_grants[id(grants)] = (grants, parsed)
-                if len(self._verified) > self._cache_size:  # the oldest goes first
-                    evicted = self._verified.pop(next(iter(self._verified)))
-                    self._parsed_grants.pop(id(evicted["grants"]), None)
+            claims = verified.claims
+            self._verified[token] = (claims["exp"], verified.payload)
+            if len(self._verified) > self._cache_size:
+                with self._lock:  # the oldest goes first
+                    self._verified.pop(next(iter(self._verified)), None)
         reason = self._revocations.reason(claims)
         if reason is not None:
             raise TokenRejected(reason, "the token has been revoked")
-        return dict(claims)
+        return claims
 
     def authorize(
         self,
@@ -493,10 +503,6 @@ class GrantVerifier:
         op: str = "subscribe",
     ) -> Grant:
         """The grant covering the request, or `GrantDenied` with a code."""
-        token_grants = claims.get("grants")
-        hit = self._parsed_grants.get(id(token_grants))
-        if hit is not None and hit[0] is token_grants:
-            return _match(hit[1], stream, query_set, op)
         return authorize(claims, stream, query_set, op)
 
     def close(self) -> None:

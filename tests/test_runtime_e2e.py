@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -91,6 +92,18 @@ def test_minted_token_verifies_and_authorizes(verifier: GrantVerifier, world: di
     with pytest.raises(TokenRejected) as rejected:
         verifier.verify(minted["token"][:-4] + "AAAA")
     assert rejected.value.code == "invalid_signature"
+
+
+def test_a_cached_token_hands_out_claims_of_its_own(verifier: GrantVerifier, world: dict) -> None:
+    token = mint(world)["token"]
+    first = verifier.verify(token)
+    pristine = json.loads(json.dumps(first))
+    first["sub"] = "someone-else"
+    first["grants"].append({"stream": "run:other", "query_sets": [], "ops": ["append"]})
+    again = verifier.verify(token)  # from the cache
+    assert again == pristine and again is not first
+    with pytest.raises(GrantDenied):
+        verifier.authorize(again, "run:other", None, "append")
 
 
 def test_introspection(world: dict) -> None:

@@ -117,10 +117,26 @@ def test_grants_read_from_the_cache_are_the_grants_of_the_claim() -> None:
     )
     for claims in (first, reordered, first, other, other):
         token = FORGE.token(payload=claims)
-        _, grants = runtime._verify(
+        verified = runtime._verify(
             token, {"k1": PUBLISHED}.get, issuer=ISSUER, audience=AUDIENCE, leeway=30, now=None
         )
-        assert grants == parse_grants(claims["grants"])
+        assert verified.grants == parse_grants(claims["grants"])
+
+
+def test_authorize_reads_grants_by_their_json_whether_cached_or_not() -> None:
+    # A tuple is a JSON array: hand-built claims mean what their JSON says, on a cache miss
+    # (the first call) exactly as on a hit.
+    stream = "run:tuple-test"
+    as_tuples = {
+        "grants": [{"stream": stream, "query_sets": ("run_events@1",), "ops": ("append",)}]
+    }
+    runtime._PARSED_GRANTS.clear()
+    for _ in range(2):
+        assert runtime.authorize(as_tuples, stream, "run_events", "append").stream == stream
+    with pytest.raises(runtime.GrantDenied):
+        runtime.authorize({"grants": {"not": "a list"}}, stream)
+    with pytest.raises(runtime.GrantDenied):
+        runtime.authorize({"grants": [{"stream": stream, "query_sets": {1}, "ops": []}]}, stream)
 
 
 def test_an_invalid_grants_claim_is_refused_every_time_and_never_cached() -> None:
@@ -133,7 +149,7 @@ def test_an_invalid_grants_claim_is_refused_every_time_and_never_cached() -> Non
 def test_the_grants_cache_is_bounded() -> None:
     for index in range(runtime._MAX_PARSED_GRANTS + 10):
         stream = f"run:s{index}"
-        runtime._grants_of({"grants": [{"stream": stream, "query_sets": [], "ops": ["append"]}]})
+        runtime._parse_grants_cached([{"stream": stream, "query_sets": [], "ops": ["append"]}])
         assert len(runtime._PARSED_GRANTS) <= runtime._MAX_PARSED_GRANTS
 
 
