@@ -22,6 +22,7 @@ class IdentityProvider:
         self.issuer = issuer
         self.keys: list[tuple[str, rsa.RSAPrivateKey]] = []
         self.jwks_fetches = 0
+        self.jwks_delay = 0.0  # seconds each JWKS answer waits: a slow provider
         self.rotate()
 
     def rotate(self) -> str:
@@ -63,6 +64,7 @@ def running_idp() -> Iterator[IdentityProvider]:
                 }
             elif self.path == "/jwks":
                 provider.jwks_fetches += 1
+                time.sleep(provider.jwks_delay)
                 body = provider.jwks()
             else:
                 self.send_response(404)

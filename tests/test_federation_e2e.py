@@ -3,6 +3,8 @@ server and a real identity provider, each on its own loopback port."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -95,6 +97,36 @@ def test_first_use_creates_the_principal(
     created = [e for e in audit if e["action"] == "principal.federated_created"]
     assert [e["target"] for e in created] == [principal["id"]]
     assert id_token not in server.log()
+
+
+def test_a_slow_identity_provider_holds_up_no_one_else(server: Server, world: dict) -> None:
+    # The first ID token of a provider makes the service fetch its keys. That fetch must not
+    # hold anything other requests need: no database connection, no SQLite request lock.
+    acme: OrgFixture = world["acme"]
+    member = acme.principal("api-member")
+    with running_idp() as slow:
+        acme.admin.ok(
+            "POST", "/api/admin/trusted-issuers", {"issuer": slow.issuer, "audiences": ["slow"]}
+        )
+        slow.jwks_delay = 2.0
+        federated: list[httpx.Response] = []
+        waiting = threading.Thread(
+            target=lambda: federated.append(
+                mint_with(server, slow.id_token("patient", aud="slow"), ["run:acme1"])
+            )
+        )
+        waiting.start()
+        deadline = time.monotonic() + 5
+        while slow.jwks_fetches == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert slow.jwks_fetches == 1, "the ID-token request is waiting on the provider"
+        began = time.monotonic()
+        response = member.post(TOKEN, {"streams": ["run:acme1"]})
+        elapsed = time.monotonic() - began
+        waiting.join(10)
+    assert response.status_code == 200, response.text
+    assert elapsed < 1.0, f"an API-key mint waited {elapsed:.2f}s behind the slow provider"
+    assert federated and federated[0].status_code == 200, federated
 
 
 def test_untrusted_issuer_is_401(server: Server, other_idp: IdentityProvider, world: dict) -> None:

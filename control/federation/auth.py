@@ -7,21 +7,44 @@ from typing import Annotated, Any
 
 from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials
+from starlette.concurrency import run_in_threadpool
 
 from control.deps import SessionDep, StateDep
 from control.errors import Forbidden
-from control.federation.service import authenticate_id_token, looks_like_jwt
+from control.federation.service import (
+    VerifiedIdToken,
+    caller_for_id_token,
+    looks_like_jwt,
+    verify_id_token,
+)
 from control.identity.auth import Caller, authenticate, bearer_scheme
 from control.kit.routing import Access
+
+BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
+
+
+async def verified_id_token(
+    state: StateDep, credentials: BearerCredentials
+) -> VerifiedIdToken | None:
+    """A presented ID token, verified before the unit of work opens (`verify_id_token` says
+    why); None for any other credential, without a thread hop."""
+    if credentials is None or not looks_like_jwt(credentials.credentials):
+        return None
+    return await run_in_threadpool(
+        verify_id_token, state.sessions, state.upstream, credentials.credentials
+    )
 
 
 def authenticate_client(
     state: StateDep,
+    # Before `session`: dependencies resolve in this order, and the session's SQLite request
+    # lock must not be held while an identity provider answers.
+    id_token: Annotated[VerifiedIdToken | None, Depends(verified_id_token)],
     session: SessionDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    credentials: BearerCredentials,
 ) -> Caller:
-    if credentials is not None and looks_like_jwt(credentials.credentials):
-        return authenticate_id_token(session, state.upstream, credentials.credentials)
+    if id_token is not None:
+        return caller_for_id_token(session, id_token)
     return authenticate(state, session, credentials)
 
 

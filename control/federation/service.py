@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from control.audit.service import record
 from control.errors import Conflict, Unauthorized, Unavailable
@@ -117,43 +118,70 @@ def _mapped_roles(row: TrustedIssuer, claims: dict[str, Any]) -> set[str]:
     }
 
 
-def authenticate_id_token(session: Session, verifier: UpstreamVerifier, token: str) -> Caller:
-    """The caller an upstream ID token stands for, creating its principal on first use."""
+@dataclass(frozen=True)
+class VerifiedIdToken:
+    """An upstream ID token whose signature and claims checked out against a trusted issuer."""
+
+    trusted_issuer_id: str
+    claims: dict[str, Any]
+
+
+def verify_id_token(
+    sessions: sessionmaker[Session], verifier: UpstreamVerifier, token: str
+) -> VerifiedIdToken:
+    """Step one of signing in with an ID token, before the request's unit of work opens.
+
+    Verifying may fetch the provider's discovery document and keys, and a provider can be slow:
+    nothing another request needs may wait on it. So the trusted issuers are read in a session
+    of their own, closed before any fetch, and no database connection or SQLite request lock
+    is held while the provider answers.
+    """
     try:
         issuer = unverified_issuer(token)
-        candidates = list(
-            session.scalars(select(TrustedIssuer).where(TrustedIssuer.issuer == issuer))
-        )
+        with sessions() as session:
+            candidates = [
+                (row.id, list(row.audiences), list(row.algorithms))
+                for row in session.scalars(
+                    select(TrustedIssuer).where(TrustedIssuer.issuer == issuer)
+                )
+            ]
         if not candidates:
             raise UpstreamRejected("unknown_issuer", "the token's issuer is not trusted")
-        claims: dict[str, Any] | None = None
-        trusted: TrustedIssuer | None = None
         last_error: UpstreamRejected | None = None
-        for row in candidates:  # at most one org per (issuer, audience): the first match wins
+        for trusted_issuer_id, audiences, algorithms in candidates:
+            # At most one org per (issuer, audience): the first match wins.
             try:
                 claims = verifier.verify(
-                    token, issuer=issuer, audiences=row.audiences, algorithms=row.algorithms
+                    token, issuer=issuer, audiences=audiences, algorithms=algorithms
                 )
-                trusted = row
-                break
             except UpstreamRejected as exc:
                 last_error = exc
-        if claims is None or trusted is None:
-            assert last_error is not None
-            raise last_error
+                continue
+            return VerifiedIdToken(trusted_issuer_id, claims)
+        assert last_error is not None
+        raise last_error
     except UpstreamRejected as exc:
         raise Unauthorized(f"the ID token was refused: {exc}", reason=exc.reason) from None
     except UpstreamUnavailable as exc:
         raise Unavailable(str(exc)) from None
 
-    principal = _principal_for(session, trusted, claims)
+
+def caller_for_id_token(session: Session, verified: VerifiedIdToken) -> Caller:
+    """Step two, in the request's unit of work: the caller the verified token stands for,
+    creating its principal on first use."""
+    trusted = session.get(TrustedIssuer, verified.trusted_issuer_id)
+    if trusted is None:  # no longer trusted since step one
+        raise Unauthorized(
+            "the ID token was refused: the token's issuer is not trusted", reason="unknown_issuer"
+        )
+    principal = _principal_for(session, trusted, verified.claims)
     if principal.disabled:
         raise Unauthorized("the principal is disabled", reason="invalid_credential")
     return Caller(
         principal_id=principal.id,
         org_id=principal.org_id,
         kind=principal.kind,
-        roles=frozenset(principal.roles) | _mapped_roles(trusted, claims),
+        roles=frozenset(principal.roles) | _mapped_roles(trusted, verified.claims),
     )
 
 
