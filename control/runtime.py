@@ -486,10 +486,12 @@ class GrantVerifier:
                 leeway=self.leeway, now=None,
             )  # fmt: skip
             claims = verified.claims
-            self._verified[token] = (claims["exp"], verified.payload)
-            if len(self._verified) > self._cache_size:
-                with self._lock:  # the oldest goes first
-                    self._verified.pop(next(iter(self._verified)), None)
+            # Under the lock: eviction iterates the cache, which no other thread may change
+            # meanwhile. Reads need no lock.
+            with self._lock:
+                self._verified[token] = (claims["exp"], verified.payload)
+                if len(self._verified) > self._cache_size:  # the oldest goes first
+                    del self._verified[next(iter(self._verified))]
         reason = self._revocations.reason(claims)
         if reason is not None:
             raise TokenRejected(reason, "the token has been revoked")

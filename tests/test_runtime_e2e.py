@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -104,6 +105,33 @@ def test_a_cached_token_hands_out_claims_of_its_own(verifier: GrantVerifier, wor
     assert again == pristine and again is not first
     with pytest.raises(GrantDenied):
         verifier.authorize(again, "run:other", None, "append")
+
+
+def test_the_verified_cache_stays_bounded_under_threads(server: Server, world: dict) -> None:
+    tokens = [mint(world)["token"] for _ in range(12)]
+    failures: list[BaseException] = []
+    with GrantVerifier(
+        issuer=server.base_url,
+        audience="spacetimedb",
+        jwks_url=f"{server.base_url}/.well-known/jwks.json",
+        cache_size=3,
+    ) as verifier:
+
+        def verify_all(offset: int) -> None:
+            try:
+                for index in range(60):
+                    token = tokens[(index + offset) % len(tokens)]
+                    assert verifier.verify(token)["jti"]
+            except BaseException as exc:  # reported below, on the main thread
+                failures.append(exc)
+
+        threads = [threading.Thread(target=verify_all, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert not failures, failures
+        assert len(verifier._verified) <= 3
 
 
 def test_introspection(world: dict) -> None:
