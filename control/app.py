@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from control import __version__
+from control.deps import commit_on_its_thread
 from control.errors import Problem, install_error_handlers
 from control.federation.auth import require_client
 from control.identity.auth import require
@@ -93,7 +94,7 @@ def create_app(
         redoc_url=None,
     )
     install_error_handlers(app)
-    mount_routes(app, ROUTES, guard_for)
+    mount_routes(app, ROUTES, guard_for, prepare=commit_on_its_thread)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     return app

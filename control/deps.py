@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Annotated
+import functools
+import inspect
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any, get_args, get_origin
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
@@ -11,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from control.kit.db import end_unit_of_work
 from control.state import AppState
+from control.views import OrgView
 
 
 # Dependencies that do no I/O are `async def`: FastAPI runs sync ones on the thread pool,
@@ -44,8 +47,8 @@ async def get_session(state: StateDep) -> AsyncIterator[Session]:
         if session.in_transaction():
             await run_in_threadpool(end_unit_of_work, session, False)
         else:
-            # Nothing begun, or the endpoint ended the unit on its own worker thread (minting
-            # does, to save a hop): closing holds no connection, so it needs no thread.
+            # Nothing begun, or the endpoint's worker thread ended the unit already (see
+            # `commit_on_its_thread`): closing holds no connection, so it needs no thread.
             session.close()
     finally:
         if lock is not None:
@@ -53,3 +56,40 @@ async def get_session(state: StateDep) -> AsyncIterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def commit_on_its_thread(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+    """A plain-`def` endpoint that takes the request's session (directly or through a view),
+    made to end its unit of work on the worker thread it ran on.
+
+    FastAPI runs such endpoints on its thread pool; committing there, rather than in one more
+    hop from `get_session` after the endpoint returns, saves about 300 us of server CPU per
+    request at 16 clients (`bench/ceiling.py`). The commit still comes before the response, and
+    an exception still reaches `get_session`, which rolls the unit back.
+    """
+    if inspect.iscoroutinefunction(endpoint):
+        return endpoint
+    signature = inspect.signature(endpoint, eval_str=True)
+    holders = [
+        name
+        for name, parameter in signature.parameters.items()
+        if get_origin(parameter.annotation) is Annotated
+        and _holds_session(get_args(parameter.annotation)[0])
+    ]
+    if not holders:
+        return endpoint
+
+    @functools.wraps(endpoint)
+    def run_and_commit(**values: Any) -> Any:
+        result = endpoint(**values)
+        holder = values[holders[0]]
+        end_unit_of_work(holder if isinstance(holder, Session) else holder.session, False)
+        return result
+
+    # Resolved annotations: FastAPI reads them from here, not from this module's globals.
+    run_and_commit.__signature__ = signature  # type: ignore[attr-defined]
+    return run_and_commit
+
+
+def _holds_session(kind: Any) -> bool:
+    return kind is Session or kind is OrgView

@@ -147,8 +147,10 @@ def mount_routes(
     app: FastAPI,
     routes: Sequence[Route],
     guard: Callable[[Access], Callable[..., Any]],
+    prepare: Callable[[Callable[..., Any]], Callable[..., Any]] = lambda endpoint: endpoint,
 ) -> None:
-    """Mount every entry of the table on `app`; `guard(access)` makes the auth dependency."""
+    """Mount every entry of the table on `app`; `guard(access)` makes the auth dependency and
+    `prepare(endpoint)` what is mounted for an endpoint."""
     check_table(routes)
     for route in routes:
         if route.status is Status.RETIRED:
@@ -163,7 +165,7 @@ def mount_routes(
         dependencies = [] if route.access.public else [Depends(guard(route.access))]
         app.add_api_route(
             route.path,
-            route.endpoint,
+            prepare(route.endpoint),
             methods=[route.method],
             operation_id=route.operation_id,
             summary=route.summary,
