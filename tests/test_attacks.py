@@ -867,6 +867,22 @@ def test_control_is_accepted(world: World, control: tuple[str, Forge], target: s
     assert TARGETS[target](world, token) is None
 
 
+@pytest.mark.parametrize(
+    "layout",
+    [{"separators": (",", ":")}, {"indent": 1}],
+    ids=["compact", "indented"],
+)
+def test_a_cached_token_reads_back_exactly(world: World, layout: dict[str, Any]) -> None:
+    # The verifier keeps each token's signed JSON; a cache hit must give the claims the first
+    # verification gave, whichever decoder read them (a number beyond 64 bits stays an int).
+    claims = world.forge.claims(x=2**70, y=[1.5, "\u00fc"])
+    token = world.forge.token(payload=json.dumps(claims, **layout))
+    first = world.verifier.verify(token)
+    again = world.verifier.verify(token)
+    assert first == again == claims
+    assert type(again["x"]) is int
+
+
 def test_the_attacker_server_answers(world: World) -> None:
     """Zero requests at the attacker's URLs means something only if it is there to ask."""
     response = httpx.get(f"{world.attacker.base_url}/probe/jwks.json", timeout=5)
