@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from control.migrate import upgrade
 from control.settings import Settings
 from control.state import AppState
 from tests.factories import OrgFixture, bootstrap
-from tests.pg import postgres_available, postgres_required, scratch_database
+from tests.pg import reachable_postgres, scratch_database
 
 KEK = base64.urlsafe_b64encode(b"k" * 32).decode()
 PEPPER = base64.urlsafe_b64encode(b"p" * 32).decode()
@@ -52,22 +53,25 @@ def _sqlite_savepoints(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN")
 
 
+@contextmanager
+def migrated_database(backend: str, directory: Path) -> Iterator[str]:
+    """A fresh database of `backend`, migrated to head (SQLite: a file in `directory`)."""
+    if backend == "sqlite":
+        url = f"sqlite:///{directory}/control.db"
+        upgrade(url)
+        yield url
+        return
+    reachable_postgres()
+    with scratch_database() as url:
+        upgrade(url)
+        yield url
+
+
 @pytest.fixture(scope="session", params=BACKENDS)
 def database_url(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('db')}/control.db"
-        upgrade(url)
-        yield url
-        return
-    reason = postgres_available()
-    if reason is not None:
-        if postgres_required():
-            pytest.fail(f"PostgreSQL is required (CONTROL_REQUIRE_POSTGRES=1) but {reason}")
-        pytest.skip(f"SKIPPED the PostgreSQL half: {reason}")
-    with scratch_database() as url:
-        upgrade(url)
+    with migrated_database(request.param, tmp_path_factory.mktemp("db")) as url:
         yield url
 
 
@@ -157,11 +161,7 @@ def fresh_database_url(
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('e2e')}/control.db"
         return
-    reason = postgres_available()
-    if reason is not None:
-        if postgres_required():
-            pytest.fail(f"PostgreSQL is required (CONTROL_REQUIRE_POSTGRES=1) but {reason}")
-        pytest.skip(f"SKIPPED the PostgreSQL half: {reason}")
+    reachable_postgres()
     with scratch_database() as url:
         yield url
 

@@ -17,14 +17,13 @@ from typing import Any
 
 import httpx
 import psycopg
-import pytest
 from psycopg.rows import dict_row
 
 from control.keys.crypto import KeyCipher
 from control.keys.models import KeyState
 from tests.conftest import KEK
 from tests.factories import Api, OrgFixture
-from tests.pg import postgres_available, postgres_required, scratch_database
+from tests.pg import reachable_postgres, scratch_database
 from tests.server import BIN, Server, free_port, server_env
 
 STREAM = "run:fleet"
@@ -36,11 +35,7 @@ TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 @contextmanager
 def postgres_database() -> Iterator[str]:
     """A scratch database on the shared PostgreSQL: several replicas need a real server."""
-    reason = postgres_available()
-    if reason is not None:
-        if postgres_required():
-            pytest.fail(f"PostgreSQL is required (CONTROL_REQUIRE_POSTGRES=1) but {reason}")
-        pytest.skip(f"SKIPPED (replicas need PostgreSQL): {reason}")
+    reachable_postgres("(replicas need PostgreSQL)")
     with scratch_database() as url:
         yield url
 

@@ -6,8 +6,10 @@ import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NoReturn
 
 import psycopg
+import pytest
 
 ADMIN_URL = os.environ.get(
     "CONTROL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -25,6 +27,20 @@ def postgres_available() -> str | None:
 
 def postgres_required() -> bool:
     return os.environ.get("CONTROL_REQUIRE_POSTGRES") == "1"
+
+
+def without_postgres(skipped: str, reason: str) -> NoReturn:
+    """Fail when PostgreSQL is required (`.ci/run`), else skip, saying what was `skipped`."""
+    if postgres_required():
+        pytest.fail(f"PostgreSQL is required (CONTROL_REQUIRE_POSTGRES=1) but {reason}")
+    pytest.skip(f"SKIPPED {skipped}: {reason}")
+
+
+def reachable_postgres(skipped: str = "the PostgreSQL half") -> None:
+    """Return when PostgreSQL answers; otherwise `without_postgres`."""
+    reason = postgres_available()
+    if reason is not None:
+        without_postgres(skipped, reason)
 
 
 @contextmanager

@@ -48,7 +48,7 @@ from tests.fleet import (
     published_kids,
     replica,
 )
-from tests.pg import postgres_required
+from tests.pg import without_postgres
 from tests.server import Server, free_port, running_server
 
 pytestmark = pytest.mark.e2e
@@ -324,10 +324,10 @@ class PrivatePostgres:
 def private_postgres() -> Iterator[PrivatePostgres]:
     bindir = _postgres_bin()
     if bindir is None or (os.geteuid() == 0 and shutil.which("runuser") is None):
-        reason = "no PostgreSQL server binaries (initdb, pg_ctl) or no runuser on this machine"
-        if postgres_required():
-            pytest.fail(f"PostgreSQL is required (CONTROL_REQUIRE_POSTGRES=1) but {reason}")
-        pytest.skip(f"SKIPPED the database-restart test: {reason}")
+        without_postgres(
+            "the database-restart test",
+            "no PostgreSQL server binaries (initdb, pg_ctl) or no runuser on this machine",
+        )
     cluster = PrivatePostgres(bindir)
     try:
         cluster.initdb()

@@ -29,11 +29,9 @@ from control.keys import service
 from control.keys.crypto import KeyCipher
 from control.keys.models import KeyState, SigningKey
 from control.kit.db import make_engine, make_sessionmaker, unit_of_work, utcnow
-from control.migrate import upgrade
 from control.settings import Settings
 from control.state import AppState
-from tests.conftest import make_settings
-from tests.pg import postgres_available, postgres_required, scratch_database
+from tests.conftest import make_settings, migrated_database
 
 RACERS = 8
 T = TypeVar("T")
@@ -42,18 +40,7 @@ T = TypeVar("T")
 @pytest.fixture(params=["sqlite", "postgresql"])
 def committed_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, migrated database whose commits every connection sees."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/control.db"
-        upgrade(url)
-        yield url
-        return
-    reason = postgres_available()
-    if reason is not None:
-        if postgres_required():
-            pytest.fail(f"PostgreSQL is required (CONTROL_REQUIRE_POSTGRES=1) but {reason}")
-        pytest.skip(f"SKIPPED the PostgreSQL half: {reason}")
-    with scratch_database() as url:
-        upgrade(url)
+    with migrated_database(request.param, tmp_path) as url:
         yield url
 
 
