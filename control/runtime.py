@@ -127,9 +127,8 @@ def _not_json(constant: str) -> Any:
 _CLAIMS_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_not_json)
 
 
-def _parse_json(raw: bytes) -> tuple[Any, bool]:
-    """A JOSE segment's JSON, with duplicate members refused; and whether it is compact JSON,
-    which `orjson.loads` alone reads again to the same value (the verifier's cache relies on it).
+def _parse_json(raw: bytes) -> Any:
+    """A JOSE segment's JSON, with duplicate members refused.
 
     Fast path: orjson parses, and re-serializing the value gives back the very same bytes. That
     proves no member was dropped, since a text with a duplicate has more members than the value
@@ -139,21 +138,21 @@ def _parse_json(raw: bytes) -> tuple[Any, bool]:
     try:
         value = orjson.loads(raw)
         if orjson.dumps(value) == raw:
-            return value, True
+            return value
     except (orjson.JSONDecodeError, orjson.JSONEncodeError):
         pass
     try:
-        return _CLAIMS_DECODER.decode(raw.decode("utf-8")), False
+        return _CLAIMS_DECODER.decode(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError):
         # RecursionError: JSON nested deeper than the interpreter's recursion limit.
         raise TokenRejected("malformed", "not base64url JSON") from None
 
 
-def _json_object(raw: bytes) -> tuple[dict[str, Any], bool]:
-    value, compact = _parse_json(raw)
+def _json_object(raw: bytes) -> dict[str, Any]:
+    value = _parse_json(raw)
     if type(value) is not dict:
         raise TokenRejected("malformed", "not a JSON object")
-    return value, compact
+    return value
 
 
 def key_from_jwk(jwk: Mapping[str, Any]) -> VerificationKey | None:
@@ -175,7 +174,6 @@ class _Verified(NamedTuple):
     claims: dict[str, Any]
     grants: tuple[Grant, ...]
     payload: bytes  # the claims' JSON text, as signed
-    compact: bool  # `orjson.loads(payload)` gives the claims again
 
 
 def verify_token(
@@ -218,7 +216,7 @@ def _read_header(segment: bytes) -> tuple[str, str]:
     cached = _HEADERS.get(segment)
     if cached is not None:
         return cached
-    header, _ = _json_object(_decode_segment(segment))
+    header = _json_object(_decode_segment(segment))
     alg, kid = header.get("alg"), header.get("kid")
     if not isinstance(alg, str) or alg not in ALLOWED_ALGS:  # a list or object is unhashable
         raise TokenRejected("invalid_signature", f"algorithm {alg!r} is not accepted")
@@ -262,7 +260,7 @@ def _verify(
     if not key.check(signing_input, _decode_segment(parts[2])):
         raise TokenRejected("invalid_signature", "signature verification failed")
     payload = _decode_segment(parts[1])
-    claims, compact = _json_object(payload)
+    claims = _json_object(payload)
     try:
         check_sync_claims(
             claims,
@@ -277,7 +275,7 @@ def _verify(
         grants = _parse_grants_cached(claims["grants"])
     except GrammarError as exc:
         raise TokenRejected("malformed", str(exc)) from None
-    return _Verified(claims, grants, payload, compact)
+    return _Verified(claims, grants, payload)
 
 
 # Grants claims already parsed, keyed by their compact JSON. A runtime sees the same few grants
@@ -394,10 +392,9 @@ class GrantVerifier:
         self._keys_expire_at = 0.0
         self._last_fetch = float("-inf")
         self._lock = threading.Lock()
-        # token -> (exp, the claims' JSON text, whether it is compact). Bytes, not the claims:
-        # every call hands out claims of its own, which the caller may change freely, and the
-        # cache stays small.
-        self._verified: dict[str, tuple[int, bytes, bool]] = {}
+        # token -> (exp, the claims' JSON text). Bytes, not the claims: every call hands out
+        # claims of its own, which the caller may change freely, and the cache stays small.
+        self._verified: dict[str, tuple[int, bytes]] = {}
         self._cache_size = cache_size
         self._revocations = _Revocations()
         self._stop = threading.Event()
@@ -479,11 +476,10 @@ class GrantVerifier:
         """The token's claims, or `TokenRejected` with a code."""
         cached = self._verified.get(token) if isinstance(token, str) else None
         if cached is not None:
-            exp, payload, compact = cached
+            exp, payload = cached
             if exp <= time.time() - self.leeway:
                 raise TokenRejected("expired", "the token has expired")
-            # Checked when first seen: compact JSON needs no second proof.
-            claims = orjson.loads(payload) if compact else _json_object(payload)[0]
+            claims = _json_object(payload)
         else:
             verified = _verify(
                 token, self._find_key, issuer=self.issuer, audience=self.audience,
@@ -493,7 +489,7 @@ class GrantVerifier:
             # Under the lock: eviction iterates the cache, which no other thread may change
             # meanwhile. Reads need no lock.
             with self._lock:
-                self._verified[token] = (claims["exp"], verified.payload, verified.compact)
+                self._verified[token] = (claims["exp"], verified.payload)
                 if len(self._verified) > self._cache_size:  # the oldest goes first
                     del self._verified[next(iter(self._verified))]
         reason = self._revocations.reason(claims)
