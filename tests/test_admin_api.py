@@ -519,7 +519,7 @@ def test_every_change_is_audited_and_policy_changes_bump_policy_rev(
          lambda: admin.ok("DELETE", f"/api/admin/grant-rules/{state['r']['id']}", status=204)),
         ("delete query set", True, "query_set.delete", lambda: "run_events", {"before"},
          lambda: admin.ok("DELETE", "/api/admin/query-sets/run_events", status=204)),
-        ("delete stream", False, "stream.delete", lambda: "run:r1", {"before"},
+        ("delete stream", True, "stream.delete", lambda: "run:r1", {"before"},
          lambda: admin.ok("DELETE", "/api/admin/streams/run:r1", status=204)),
         ("delete principal", True, "principal.delete", lambda: state["p"]["id"], {"before"},
          lambda: admin.ok("DELETE", f"/api/admin/principals/{state['p']['id']}", status=204)),

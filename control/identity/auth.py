@@ -13,7 +13,8 @@ from sqlalchemy import Table, bindparam, select, update
 
 from control.deps import SessionDep, StateDep
 from control.errors import Forbidden, Unauthorized
-from control.identity.models import Credential, Principal
+from control.identity.authority import OPERATOR_ROLE
+from control.identity.models import Credential, Org, Principal
 from control.identity.secrets import hash_api_key, looks_like_api_key
 from control.kit.db import utcnow
 from control.kit.routing import Access
@@ -28,11 +29,12 @@ LAST_USED_RESOLUTION = timedelta(seconds=60)
 
 # Built once: every authenticated request runs these, and building a statement costs more than
 # SQLite takes to run it. Plain columns, not ORM entities: nothing here needs an identity map.
-_credential_table, _principal_table = (
+_credential_table, _principal_table, _org_table = (
     cast(Table, Credential.__table__),
     cast(Table, Principal.__table__),
+    cast(Table, Org.__table__),
 )
-_credentials, _principals = _credential_table.c, _principal_table.c
+_credentials, _principals, _orgs = _credential_table.c, _principal_table.c, _org_table.c
 _CALLER_BY_KEY_HASH = (
     select(
         _credentials.id,
@@ -44,8 +46,10 @@ _CALLER_BY_KEY_HASH = (
         _principals.kind,
         _principals.roles,
         _principals.disabled,
+        _orgs.is_operator,
     )
     .join_from(_credential_table, _principal_table, _principals.id == _credentials.principal_id)
+    .join(_org_table, _orgs.id == _principals.org_id)
     .where(_credentials.key_hash == bindparam("key_hash"))
 )
 _TOUCH_CREDENTIAL = (
@@ -94,9 +98,16 @@ def authenticate(
         principal_id=row.principal_id,
         org_id=row.org_id,
         kind=row.kind,
-        roles=frozenset(row.roles),
+        roles=effective_roles(row.roles, operator_org=row.is_operator),
         credential_id=row.id,
     )
+
+
+def effective_roles(roles: list[str] | frozenset[str], *, operator_org: bool) -> frozenset[str]:
+    """The roles a principal acts with: `operator` only counts in the operator org (the
+    issuer's keys are that org's), whatever a principal elsewhere has stored."""
+    held = frozenset(roles)
+    return held if operator_org else held - {OPERATOR_ROLE}
 
 
 CallerDep = Annotated[Caller, Depends(authenticate)]

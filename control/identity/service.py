@@ -11,8 +11,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from control.audit.service import record
-from control.errors import Conflict, Forbidden, InvalidRequest
+from control.errors import Conflict, InvalidRequest
 from control.identity.auth import Caller
+from control.identity.authority import ADMIN_ROLE, OPERATOR_ROLE, require_authority
 from control.identity.models import Credential, Org, Principal
 from control.identity.schemas import CredentialCreate, PrincipalCreate, PrincipalUpdate
 from control.identity.secrets import DISPLAY_PREFIX_LENGTH, hash_api_key, new_api_key
@@ -21,7 +22,6 @@ from control.kit.ids import new_id
 from control.kit.schemas import Name
 from control.tokens.revocations import revoke
 
-OPERATOR_ROLE = "operator"
 _ORG_NAME: TypeAdapter[str] = TypeAdapter(Name)
 DEFAULT_ROLES = {"user": ["member"], "device": ["member"], "service": ["service"]}
 
@@ -69,7 +69,7 @@ def bootstrap_org(session: Session, pepper: bytes, org_name: str) -> dict[str, s
     except IntegrityError:
         # A concurrent bootstrap took the name, or became the operator org first.
         raise Conflict("another bootstrap ran at the same time; run this one again") from None
-    roles = ["admin", OPERATOR_ROLE] if first else ["admin"]
+    roles = [ADMIN_ROLE, OPERATOR_ROLE] if first else [ADMIN_ROLE]
     admin = Principal(
         id=new_id("prn"),
         org_id=org.id,
@@ -91,14 +91,14 @@ def bootstrap_org(session: Session, pepper: bytes, org_name: str) -> dict[str, s
     return {"org_id": org.id, "principal_id": admin.id, "api_key": key}
 
 
-def _check_roles(caller: Caller, roles: list[str]) -> None:
-    if OPERATOR_ROLE in roles and OPERATOR_ROLE not in caller.roles:
-        raise Forbidden("only an operator may grant the operator role")
+def require_authority_over(caller: Caller, principal: Principal, action: str) -> None:
+    """403 unless `caller` holds every privileged role `principal` holds (see `authority`)."""
+    require_authority(caller.roles, principal.roles, f"{action} a principal holding them")
 
 
 def create_principal(session: Session, caller: Caller, body: PrincipalCreate) -> Principal:
     roles = sorted(set(body.roles if body.roles is not None else DEFAULT_ROLES[body.kind]))
-    _check_roles(caller, roles)
+    require_authority(caller.roles, roles, "grant them")
     principal = Principal(
         id=new_id("prn"), org_id=caller.org_id, kind=body.kind, name=body.name, roles=roles
     )
@@ -121,12 +121,11 @@ def update_principal(
 ) -> Principal:
     before = summarize_principal(principal)
     narrowed = False
+    if body.roles is not None or body.disabled is not None:
+        require_authority_over(caller, principal, "change")
     if body.roles is not None:
         roles = sorted(set(body.roles))
-        if set(roles) ^ set(principal.roles):
-            _check_roles(caller, [r for r in roles if r not in principal.roles])
-            if OPERATOR_ROLE in set(principal.roles) - set(roles):
-                _check_roles(caller, [OPERATOR_ROLE])
+        require_authority(caller.roles, roles, "grant them")
         narrowed |= bool(set(principal.roles) - set(roles))
         principal.roles = roles
     if body.disabled is not None:
@@ -161,6 +160,7 @@ def update_principal(
 def delete_principal(session: Session, caller: Caller, principal: Principal) -> None:
     if principal.id == caller.principal_id:
         raise Conflict("a principal cannot delete itself")
+    require_authority_over(caller, principal, "delete")
     before = summarize_principal(principal)
     session.delete(principal)
     session.flush()
@@ -203,6 +203,7 @@ def issue_credential(
             raise InvalidRequest("`expires_at` must carry a timezone (RFC 3339)")
         if expires_at <= utcnow():
             raise InvalidRequest("`expires_at` is in the past")
+    require_authority_over(caller, principal, "issue credentials for")
     credential, key = _new_credential(
         session, pepper, principal, name=body.name, expires_at=expires_at
     )
@@ -226,6 +227,9 @@ def revoke_credential(
 ) -> None:
     """Stop the credential authenticating and kill the tokens its principal holds: tokens do
     not name the credential that minted them, so the subject's tokens are revoked with it."""
+    principal = session.get(Principal, credential.principal_id)
+    if principal is not None:
+        require_authority_over(caller, principal, "revoke the credentials of")
     before = summarize_credential(credential)
     if credential.revoked_at is None:
         credential.revoked_at = utcnow()

@@ -62,3 +62,16 @@ class GrantRule(Base):
     description: Mapped[str | None] = mapped_column(String(1000))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class RetiredStreamId(Base):
+    """A deleted stream's id and the org that held it. Stream ids are global, and a token of
+    that org naming the id may outlive the stream (and a SpacetimeDB module may still hold its
+    rows), so the id is never bound to another org again; its own org may register it anew."""
+
+    __tablename__ = "retired_stream_ids"
+
+    id: Mapped[str] = mapped_column(String(170), primary_key=True)
+    # No foreign key: the id stays retired even if the org that held it is deleted.
+    org_id: Mapped[str] = mapped_column(String(40))
+    deleted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -14,7 +14,7 @@ from control.identity.models import Principal
 from control.identity.service import bump_policy_rev
 from control.kit.db import utcnow
 from control.kit.ids import new_id
-from control.policy.models import GrantRule, QuerySet, Stream
+from control.policy.models import GrantRule, QuerySet, RetiredStreamId, Stream
 from control.policy.queries import query_problem
 from control.policy.schemas import (
     GrantRuleCreate,
@@ -50,9 +50,12 @@ def register_stream(view: OrgView, caller: Caller, body: StreamCreate) -> Stream
     owner_id = body.owner_id or caller.principal_id
     if view.find(Principal, owner_id) is None:
         raise InvalidRequest(f"owner {owner_id} is not a principal of this org")
-    if view.session.get(Stream, str(stream_id)) is not None:
-        # Stream ids are global (the module keys data by id alone), so this may be another
-        # org's stream; say only that the id is taken.
+    retired = view.session.get(RetiredStreamId, str(stream_id))
+    if view.session.get(Stream, str(stream_id)) is not None or (
+        retired is not None and retired.org_id != view.org_id
+    ):
+        # Stream ids are global, so this may be another org's stream, live or deleted; say
+        # only that the id is taken, never whose it is.
         raise Conflict(f"stream {stream_id} is already registered")
     stream = Stream(
         id=str(stream_id),
@@ -78,10 +81,45 @@ def _stream_summary(stream: Stream) -> dict[str, Any]:
 
 
 def delete_stream(view: OrgView, caller: Caller, stream: Stream) -> None:
+    """Delete a stream and end every grant on it, as a narrowing of policy does: whoever the
+    org's rules could have granted it to has its tokens revoked (the feed carries each), and
+    the id stays retired so no other org can ever be granted it."""
     before = _stream_summary(stream)
+    holders = _possible_holders(view, stream)
     view.session.delete(stream)
+    retired = view.session.get(RetiredStreamId, stream.id)
+    if retired is None:
+        view.session.add(RetiredStreamId(id=stream.id, org_id=view.org_id, deleted_at=utcnow()))
+    else:
+        retired.deleted_at = utcnow()
     view.session.flush()
-    _audit(view, caller, "stream.delete", stream.id, owner_id=stream.owner_id, before=before)
+    rev = bump_policy_rev(view.session, view.org_id)
+    _revoke_principals(view, holders, f"stream {stream.id} deleted")
+    _audit(
+        view,
+        caller,
+        "stream.delete",
+        stream.id,
+        owner_id=stream.owner_id,
+        before=before,
+        policy_rev=rev,
+        revoked_subjects=len(holders),
+    )
+
+
+def _possible_holders(view: OrgView, stream: Stream) -> set[str]:
+    """Every principal an allow rule of the org could have granted `stream` to."""
+    holders: set[str] = set()
+    for rule in view.all(GrantRule, GrantRule.stream_kind == stream.kind):
+        if rule.effect != "allow":
+            continue
+        if rule.stream_relation == "ids" and stream.id not in rule.stream_ids:
+            continue
+        subjects = _subject_principals(view, rule)
+        if rule.stream_relation == "owner":
+            subjects &= {stream.owner_id} if stream.owner_id else set()
+        holders |= subjects
+    return holders
 
 
 # --- query sets ---------------------------------------------------------------------------
@@ -145,6 +183,7 @@ def update_query_set(
                 f"grant rule {rule.id} uses {row.name} for {rule.stream_kind} streams; "
                 "change the rule first"
             )
+    changed = kinds != row.stream_kinds or list(body.queries) != row.queries
     row.stream_kinds = kinds
     row.queries = list(body.queries)
     row.description = body.description
@@ -152,6 +191,14 @@ def update_query_set(
     row.updated_at = utcnow()
     view.session.flush()
     rev = bump_policy_rev(view.session, view.org_id)
+    if changed:
+        # Tokens name `name@version`; what the old version opened is no longer what the policy
+        # grants, so the tokens of everyone a rule granted it to end now, as on a narrowing.
+        holders: set[str] = set()
+        for rule in view.all(GrantRule):
+            if rule.effect == "allow" and row.name in rule.query_sets:
+                holders |= _subject_principals(view, rule)
+        _revoke_principals(view, holders, f"query set {row.name} changed")
     _audit(
         view,
         caller,

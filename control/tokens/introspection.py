@@ -10,14 +10,15 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StringConstraints
 
 from control.audit.service import record
-from control.deps import SessionDep, StateDep
+from control.deps import StateDep
 from control.errors import InvalidRequest
 from control.grants import Op
 from control.identity.auth import CallerDep, ViewDep
 from control.identity.models import Credential, Principal
-from control.identity.service import revoke_credential
+from control.identity.service import require_authority_over, revoke_credential
 from control.kit.pagination import MAX_LIMIT
 from control.kit.schemas import Description, RequestBody
+from control.policy.models import Stream
 from control.runtime import GrantDenied, TokenRejected, authorize, verify_token
 from control.tokens.models import Revocation
 from control.tokens.revocations import revocation_reason, revoke
@@ -46,9 +47,7 @@ class IntrospectResponse(BaseModel):
     allowed: bool | None = Field(default=None, description="present when a stream was named")
 
 
-def introspect(
-    body: IntrospectRequest, state: StateDep, session: SessionDep, caller: CallerDep
-) -> JSONResponse:
+def introspect(body: IntrospectRequest, state: StateDep, view: ViewDep) -> JSONResponse:
     settings = state.settings
     snapshot = state.keyring.snapshot
     try:
@@ -61,10 +60,10 @@ def introspect(
         )
     except TokenRejected as exc:
         return _answer(IntrospectResponse(active=False, reason=exc.code))
-    if claims.get("org_id") != caller.org_id:
+    if claims.get("org_id") != view.org_id:
         # Another org's token: say no more than that it is not active here.
         return _answer(IntrospectResponse(active=False, reason="wrong_org"))
-    reason = revocation_reason(session, jti=claims["jti"], subject=claims["sub"], iat=claims["iat"])
+    reason = revocation_reason(view, jti=claims["jti"], subject=claims["sub"], iat=claims["iat"])
     if reason is not None:
         return _answer(IntrospectResponse(active=False, reason=reason))
     answer = IntrospectResponse(
@@ -80,6 +79,10 @@ def introspect(
     if body.stream is not None:
         try:
             authorize(claims, body.stream, body.query_set, body.op or Op.SUBSCRIBE)
+            # The registry has the last word: a grant on a stream the org has since deleted
+            # (or never held) allows nothing, whatever the token says.
+            if view.find(Stream, body.stream) is None:
+                raise GrantDenied("stream_not_found", f"{body.stream} is not a stream of this org")
             answer.allowed = True
         except GrantDenied as exc:
             answer.allowed = False
@@ -131,8 +134,11 @@ def create_revocation(body: RevocationCreate, view: ViewDep, caller: CallerDep) 
             session, org_id=view.org_id, kind="credential", value=credential.id, reason=body.reason
         )
         return revocation_out(row)
-    if body.kind == "subject" and view.find(Principal, body.value) is None:
-        raise InvalidRequest(f"subject {body.value} is not a principal of this org")
+    if body.kind == "subject":
+        principal = view.find(Principal, body.value)
+        if principal is None:
+            raise InvalidRequest(f"subject {body.value} is not a principal of this org")
+        require_authority_over(caller, principal, "revoke the tokens of")
     row = revoke(session, org_id=view.org_id, kind=body.kind, value=body.value, reason=body.reason)
     record(
         session,

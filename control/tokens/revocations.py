@@ -5,6 +5,10 @@ Subject and credential revocations kill every token of the subject issued before
 revocation, and minting for a revoked subject within that second stamps `iat = not_before`:
 a token minted just before a revocation is dead, one minted just after it in the same second
 stays valid (`mint_time_floor`).
+
+A revocation belongs to the org that made it, and only that org's tokens read it: every lookup
+is filtered by org. Revoking a `jti` another org issued is therefore a no-op for that org (the
+service keeps no ledger of minted jtis to tell whose a jti is, and saying so would leak it).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from sqlalchemy.orm import Session
 from control.kit import locks
 from control.kit.db import utcnow
 from control.tokens.models import Revocation
+from control.views import OrgView
 
 KINDS = ("jti", "subject", "credential")
 
@@ -48,13 +53,24 @@ def revoke(
 # Built once: every mint reads it.
 _revocations = cast(Table, Revocation.__table__).c
 _SUBJECT_NOT_BEFORE = select(func.max(_revocations.not_before)).where(
-    _revocations.kind == "subject", _revocations.value == bindparam("subject")
+    _revocations.org_id == bindparam("org_id"),
+    _revocations.kind == "subject",
+    _revocations.value == bindparam("subject"),
+)
+_JTI_REVOKED = (
+    select(_revocations.cursor)
+    .where(
+        _revocations.org_id == bindparam("org_id"),
+        _revocations.kind == "jti",
+        _revocations.value == bindparam("jti"),
+    )
+    .limit(1)
 )
 
 
-def subject_not_before(session: Session, subject: str) -> int | None:
-    """The latest `not_before` (epoch seconds) of the subject's revocations, if any."""
-    latest = session.execute(_SUBJECT_NOT_BEFORE, {"subject": subject}).scalar()
+def subject_not_before(view: OrgView, subject: str) -> int | None:
+    """The latest `not_before` (epoch seconds) of the subject's revocations in the view's org."""
+    latest = view.execute(_SUBJECT_NOT_BEFORE, subject=subject).scalar()
     if latest is None:
         return None
     if latest.tzinfo is None:  # SQLite's aggregate bypasses the column type
@@ -62,13 +78,11 @@ def subject_not_before(session: Session, subject: str) -> int | None:
     return int(latest.timestamp())
 
 
-def revocation_reason(session: Session, *, jti: str, subject: str, iat: int) -> str | None:
-    """Why the token with these claims is revoked, or None when it is not."""
-    if session.scalar(
-        select(Revocation.cursor).where(Revocation.kind == "jti", Revocation.value == jti).limit(1)
-    ):
+def revocation_reason(view: OrgView, *, jti: str, subject: str, iat: int) -> str | None:
+    """Why the view's org's token with these claims is revoked, or None when it is not."""
+    if view.execute(_JTI_REVOKED, jti=jti).scalar() is not None:
         return "revoked"
-    not_before = subject_not_before(session, subject)
+    not_before = subject_not_before(view, subject)
     if not_before is not None and iat < not_before:
         return "revoked"
     return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +32,8 @@ from control.views import OrgView
 # Refresh at about 80 % of the TTL, spread by ±5 % so a fleet does not refresh in lockstep.
 REFRESH_FRACTION = 0.80
 REFRESH_JITTER = 0.05
+# The shape of a principal id (`control.kit.ids.new_id("prn")`).
+PRINCIPAL_ID = re.compile(r"prn_[0-9A-Z]{26}")
 
 
 class StreamsNotGranted(ProblemError):
@@ -78,12 +81,14 @@ def mint(
             f"{settings.token_ttl_max_seconds}",
             errors=[{"loc": ["body", "ttl_seconds"], "message": "out of range"}],
         )
-    if (
-        body.device_id is not None
-        and caller.kind == "device"
-        and body.device_id != caller.principal_id
-    ):
-        raise Forbidden("a device credential may only name its own device id")
+    if body.device_id is not None and body.device_id != caller.principal_id:
+        # `sid` is the caller's own label for its session. A device is its own session; any
+        # other principal may label its sessions freely, but not with another principal's id,
+        # which a reader of `sid` could take for that principal's device.
+        if caller.kind == "device":
+            raise Forbidden("a device credential may only name its own device id")
+        if PRINCIPAL_ID.fullmatch(body.device_id):
+            raise Forbidden("`device_id` may not name another principal")
 
     view = OrgView(session, caller.org_id)
     subject = Subject(caller.principal_id, caller.kind, caller.roles)
@@ -129,7 +134,7 @@ def _sign(
     iat = math.floor(datetime.now(UTC).timestamp())
     # A subject revoked earlier in this second: stamp the revocation's second, or the new token
     # would read as issued before the revocation (see control.tokens.revocations).
-    floor = subject_not_before(session, caller.principal_id)
+    floor = subject_not_before(OrgView(session, caller.org_id), caller.principal_id)
     if floor is not None and iat < floor <= iat + 1:
         iat = floor
     exp = iat + ttl
