@@ -309,6 +309,32 @@ def validate_sync_claims(
     return grants_of(claims)
 
 
+MAX_ORG_ID_BYTES = 128
+
+
+def org_id_of(claims: Mapping[str, Any]) -> str:
+    """The token's org, as the SpacetimeDB module requires it before writing grant rows (its
+    rows carry the org): a string of 1 to 128 UTF-8 bytes without NUL, else `malformed`."""
+    org = claims.get("org_id")
+    try:
+        size = len(org.encode()) if type(org) is str else 0
+    except UnicodeEncodeError:  # a lone surrogate is not UTF-8
+        size = 0
+    if not 1 <= size <= MAX_ORG_ID_BYTES or "\x00" in str(org):
+        raise ClaimsRejected(
+            "malformed", f"`org_id` must be a string of 1 to {MAX_ORG_ID_BYTES} bytes, no NUL"
+        )
+    return str(org)
+
+
+def accept_sync_claims(
+    claims: Mapping[str, Any], *, issuer: str, audience: str, now: int, leeway: int = 0
+) -> tuple[tuple[Grant, ...], str]:
+    """What the module's `client_connected` accepts: `validate_sync_claims`, then the org."""
+    grants = validate_sync_claims(claims, issuer=issuer, audience=audience, now=now, leeway=leeway)
+    return grants, org_id_of(claims)
+
+
 def grants_of(claims: Mapping[str, Any]) -> tuple[Grant, ...]:
     """The parsed `grants` claim of checked claims; `ClaimsRejected("malformed")` if invalid."""
     try:

@@ -2,9 +2,11 @@
 
 `claims.json` is checked here against `control.grants.validate_sync_claims` and in the module
 against its TypeScript port (`module/test/vectors.test.ts`), so both sides accept the same tokens,
-turn them into the same grant rows and reject the rest with the same code. `views.json` holds the
-module's row rules (sweep, revocation, which view a grant opens, op checks); this file applies the
-same rules in Python, built on `control.grants`, so the two stay one definition.
+turn them into the same grant rows and reject the rest with the same code. The module also requires
+an `org_id` claim after those checks: `control.grants.accept_sync_claims` is that rule. `views.json`
+holds the module's row rules (sweep, revocation, which view a grant opens, op checks, all matched
+on (org, stream)); this file applies the same rules in Python, built on `control.grants`, so the
+two stay one definition.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from control.grants import (
     Grant,
     GrantDecision,
     Op,
+    accept_sync_claims,
     authorize,
     parse_query_set_ref,
-    validate_sync_claims,
 )
 
 VECTORS = Path(__file__).parent / "vectors"
@@ -46,11 +48,13 @@ CLAIMS = _load("claims.json")
 VIEWS = _load("views.json")
 
 
-def grant_rows(grants: tuple[Grant, ...], expires_at: int) -> list[dict[str, Any]]:
+def grant_rows(grants: tuple[Grant, ...], org_id: str, expires_at: int) -> list[dict[str, Any]]:
     """The module's `sync_grant` rows: one per (grant, query set) in claim order; a grant with no
-    query set gets one row with `query_set: ""`; every row expires with the token."""
+    query set gets one row with `query_set: ""`; every row carries the token's org and expires
+    with the token."""
     return [
         {
+            "org_id": org_id,
             "stream": g.stream,
             "query_set": ref,
             "ops": [str(op) for op in g.ops],
@@ -72,18 +76,19 @@ def test_claims_vector(case: dict[str, Any]) -> None:
     if "reject" in expect:
         assert expect["reject"] in REJECT_CODES
         with pytest.raises(ClaimsRejected) as rejected:
-            validate_sync_claims(claims, **check)
+            accept_sync_claims(claims, **check)
         assert rejected.value.code == expect["reject"]
         return
-    grants = validate_sync_claims(claims, **check)
+    grants, org_id = accept_sync_claims(claims, **check)
     session = {
         "subject": claims["sub"],
         "jti": claims["jti"],
+        "org_id": org_id,
         "issued_at": claims["iat"],
         "expires_at": claims["exp"],
     }
     assert session == expect["session"]
-    assert grant_rows(grants, claims["exp"]) == expect["grant_rows"]
+    assert grant_rows(grants, org_id, claims["exp"]) == expect["grant_rows"]
 
 
 def test_claims_vectors_cover_every_code() -> None:
@@ -154,11 +159,19 @@ def test_views_vector(case: dict[str, Any]) -> None:
     for identity, per_view in case["expect"].items():
         mine = [row for row in rows if row["identity"] == identity]
         for view, expected_ids in per_view.items():
-            streams = {row["stream"] for row in mine if opens_view(row, view)}
-            shown = sorted(item["id"] for item in data[view] if item["stream_id"] in streams)
+            opened = {(row["org_id"], row["stream"]) for row in mine if opens_view(row, view)}
+            shown = sorted(
+                item["id"] for item in data[view] if (item["org_id"], item["stream_id"]) in opened
+            )
             assert shown == expected_ids, (identity, view)
     for op_check in case.get("op_checks", []):
-        connection = [row for row in rows if row["connection_id"] == op_check["connection_id"]]
+        # A grant of the stream in another org does not count.
+        connection = [
+            row
+            for row in rows
+            if row["connection_id"] == op_check["connection_id"]
+            and row["org_id"] == op_check["org_id"]
+        ]
         try:
             authorize(grants_of(connection), op_check["stream"], None, op_check["op"])
         except GrantDecision as decision:

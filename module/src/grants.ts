@@ -5,9 +5,15 @@
 // rejection codes, checked in the same order. Both sides are tested on the same vectors in
 // `tests/vectors/` (`claims.json`, `views.json`).
 //
-// Besides the grammar it holds the module's own rules, kept pure so they are tested too: how a
-// token becomes `sync_grant` rows, which view a query set opens, which rows a view shows, when a
-// row has expired and which sessions a revocation covers.
+// Besides the grammar it holds the module's own rules, kept pure so they are tested too: the
+// `org_id` claim every accepted token must carry, how a token becomes `sync_grant` rows, which
+// view a query set opens, which rows a view shows, when a row has expired and which sessions a
+// revocation covers.
+//
+// Every grant row and every data row carries an org, and a row is visible or writable only
+// through a grant of the same org AND the same stream. Stream ids are unique across orgs in the
+// control plane; matching on the pair as well means a stream id bound to another org can never
+// open that org's rows.
 //
 // Pure code: no import from `spacetimedb`; `index.ts` wires it to tables, reducers and views.
 
@@ -338,10 +344,36 @@ export function validateSyncClaims(claims: JsonValue, check: ClaimCheck): Grant[
 // ---------------------------------------------------------------------------------------------
 // Module rules: what a connection's token becomes, and what it opens
 
+/** Longest `org_id` accepted, in UTF-8 bytes (the bound `sub` has). */
+export const MAX_ORG_ID_BYTES = 128;
+
+/** The token's org: the `org_id` claim, a string of 1 to 128 UTF-8 bytes without NUL. The control
+ * plane puts the principal's org in every sync token; the module scopes every row it writes or
+ * shows by it, so a token without a usable one is refused as `malformed`. */
+export function orgIdOf(claims: JsonObject): string {
+  if (!hasKey(claims, 'org_id')) {
+    throw new ClaimsRejected('malformed', '`org_id` claim is missing');
+  }
+  const org = claims['org_id'];
+  const bytes = typeof org === 'string' ? utf8Length(org) : null;
+  if (bytes === null || bytes < 1 || bytes > MAX_ORG_ID_BYTES) {
+    throw new ClaimsRejected(
+      'malformed',
+      `\`org_id\` must be a string of 1 to ${MAX_ORG_ID_BYTES} bytes`,
+    );
+  }
+  if ((org as string).includes('\u0000')) {
+    throw new ClaimsRejected('malformed', '`org_id` must not contain NUL');
+  }
+  return org as string;
+}
+
 /** What the module remembers of an accepted token, per connection (`sync_session`). */
 export interface TokenSession {
   readonly subject: string;
   readonly jti: string;
+  /** The token's `org_id`. */
+  readonly org_id: string;
   /** `iat`, unix seconds. */
   readonly issued_at: number;
   /** `exp`, unix seconds. */
@@ -350,6 +382,8 @@ export interface TokenSession {
 
 /** One `sync_grant` row, without the connection's identity and connection id. */
 export interface GrantRow {
+  /** The token's `org_id`: the grant opens `stream` of this org only. */
+  readonly org_id: string;
   readonly stream: string;
   /** `name@version`, or `""` for a grant that names no query set (it then carries only ops,
    * e.g. `append`, and opens no view). */
@@ -365,7 +399,9 @@ export interface AcceptedToken {
   readonly rows: readonly GrantRow[];
 }
 
-/** Check a token's claims as `client_connected` does and compute what to store. */
+/** Check a token's claims as `client_connected` does and compute what to store: first every
+ * check of `validateSyncClaims` (the control plane's, unchanged and in its order), then the
+ * module's own requirement of an `org_id` (`orgIdOf`). */
 export function acceptSyncToken(claims: JsonValue, check: ClaimCheck): AcceptedToken {
   const grants = validateSyncClaims(claims, check);
   // validateSyncClaims has checked these claims' types.
@@ -373,20 +409,23 @@ export function acceptSyncToken(claims: JsonValue, check: ClaimCheck): AcceptedT
   const session: TokenSession = {
     subject: object['sub'] as string,
     jti: object['jti'] as string,
+    org_id: orgIdOf(object),
     issued_at: object['iat'] as number,
     expires_at: object['exp'] as number,
   };
-  return { session, grants, rows: grantRows(grants, session.expires_at) };
+  return { session, grants, rows: grantRows(grants, session.org_id, session.expires_at) };
 }
 
 /** The `sync_grant` rows for a token's grants: one per (grant, query set), in claim order; a
- * grant with no query set gets one row with `query_set: ""`. Every row expires with the token. */
-export function grantRows(grants: Iterable<Grant>, expiresAt: number): GrantRow[] {
+ * grant with no query set gets one row with `query_set: ""`. Every row carries the token's org
+ * and expires with the token. */
+export function grantRows(grants: Iterable<Grant>, orgId: string, expiresAt: number): GrantRow[] {
   const rows: GrantRow[] = [];
   for (const grant of grants) {
     const refs = grant.query_sets.length > 0 ? grant.query_sets : [''];
     for (const ref of refs) {
       rows.push({
+        org_id: orgId,
         stream: grant.stream,
         query_set: ref,
         ops: [...grant.ops],
@@ -421,9 +460,28 @@ export function querySetName(ref: string): string {
 
 /** The part of a `sync_grant` row the visibility and op rules read. */
 export interface GrantRowLike {
+  readonly org_id: string;
   readonly stream: string;
   readonly query_set: string;
   readonly ops: readonly string[];
+}
+
+/** The part of a data row (`stream_event`, `stream_checkpoint`) the visibility rule reads. */
+export interface DataRowLike {
+  readonly org_id: string;
+  readonly stream_id: string;
+}
+
+/** A stream of one org: what a grant row opens and a data row belongs to. */
+export interface OrgStream {
+  readonly org_id: string;
+  readonly stream: string;
+}
+
+/** One string per (org, stream) pair, distinct for distinct pairs whatever the strings hold
+ * (`stream_head`'s key). */
+export function orgStreamKey(orgId: string, stream: string): string {
+  return JSON.stringify([orgId, stream]);
 }
 
 /** Whether one grant row opens `view`: it allows `subscribe` and its query set opens `view`. */
@@ -434,42 +492,53 @@ export function rowOpensView(row: GrantRowLike, view: ViewName): boolean {
   return (QUERY_SET_VIEWS[name] as readonly ViewName[]).includes(view);
 }
 
-/** The streams `view` shows, given the viewer's grant rows (all connections of its identity), in
- * the order they are first granted. */
-export function visibleStreams(rows: Iterable<GrantRowLike>, view: ViewName): string[] {
-  const streams: string[] = [];
+/** The (org, stream) pairs `view` shows, given the viewer's grant rows (all connections of its
+ * identity), in the order they are first granted. */
+export function visibleStreams(rows: Iterable<GrantRowLike>, view: ViewName): OrgStream[] {
+  const streams: OrgStream[] = [];
   const seen = new Set<string>();
   for (const row of rows) {
-    if (!seen.has(row.stream) && rowOpensView(row, view)) {
-      seen.add(row.stream);
-      streams.push(row.stream);
+    const key = orgStreamKey(row.org_id, row.stream);
+    if (!seen.has(key) && rowOpensView(row, view)) {
+      seen.add(key);
+      streams.push({ org_id: row.org_id, stream: row.stream });
     }
   }
   return streams;
 }
 
-/** What `view` shows: every row of every stream the viewer's grant rows open for it. The module
- * passes an index lookup as `rowsOfStream`; tests pass a filter over plain data. */
-export function visibleRows<R>(
+/** What `view` shows: every row of every (org, stream) the viewer's grant rows open for it. The
+ * module passes an index lookup on (org_id, stream_id) as `rowsOfStream`; tests pass a filter over
+ * plain data. A row the lookup returns is kept only when its own org and stream are the granted
+ * pair, so a lookup that matched on the stream alone still shows no other org's rows. */
+export function visibleRows<R extends DataRowLike>(
   view: ViewName,
   rows: Iterable<GrantRowLike>,
-  rowsOfStream: (stream: string) => Iterable<R>,
+  rowsOfStream: (orgId: string, stream: string) => Iterable<R>,
 ): R[] {
   const out: R[] = [];
-  for (const stream of visibleStreams(rows, view)) {
-    for (const row of rowsOfStream(stream)) out.push(row);
+  for (const { org_id, stream } of visibleStreams(rows, view)) {
+    for (const row of rowsOfStream(org_id, stream)) {
+      if (row.org_id === org_id && row.stream_id === stream) out.push(row);
+    }
   }
   return out;
 }
 
-/** Whether the caller's grant rows (those of the calling connection) allow `op` on `stream`;
+/** The caller's grant row (of the calling connection) that allows `op` on `stream` of `orgId`;
  * raises `GrantDecision` with `stream_not_granted` or `op_not_granted` otherwise, as
- * `control.grants.authorize(grants, stream, None, op)` does. */
-export function authorizeOp(rows: Iterable<GrantRowLike>, stream: string, op: Op): void {
+ * `control.grants.authorize(grants, stream, None, op)` does. A grant of the same stream in
+ * another org does not count. */
+export function authorizeOp<R extends GrantRowLike>(
+  rows: Iterable<R>,
+  orgId: string,
+  stream: string,
+  op: Op,
+): R {
   let streamGranted = false;
   for (const row of rows) {
-    if (row.stream !== stream) continue;
-    if (row.ops.includes(op)) return;
+    if (row.org_id !== orgId || row.stream !== stream) continue;
+    if (row.ops.includes(op)) return row;
     streamGranted = true;
   }
   if (streamGranted) {

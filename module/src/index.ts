@@ -3,9 +3,10 @@
 // SpacetimeDB validates our sync tokens (OIDC discovery + JWKS) before a connection opens, but
 // views cannot read JWT claims. So `client_connected` checks the claims itself and copies the
 // token's `grants` into the private `sync_grant` table; the public views join the private data
-// tables with `sync_grant` on the viewer's identity, so each client sees only its granted
-// streams. SpacetimeDB checks `exp` only when a connection opens, so a scheduled reducer deletes
-// grant rows whose token has expired, and the views stop showing those streams.
+// tables with `sync_grant` on the viewer's identity and on (org, stream), so each client sees only
+// its granted streams of its own org. SpacetimeDB checks `exp` only when a connection opens, so a
+// scheduled reducer deletes grant rows whose token has expired, and the views stop showing those
+// streams.
 //
 // All the rules (claim checks, grant grammar, grant rows, visibility, op checks, expiry,
 // revocation) are pure code in `grants.ts`, tested on the shared vectors in `tests/vectors/`;
@@ -36,6 +37,7 @@ import {
   acceptSyncToken,
   authorizeOp,
   isExpired,
+  orgStreamKey,
   revocationCovers,
   revocationExpiresAt,
   visibleRows,
@@ -71,19 +73,24 @@ const sync_session = table(
     identity: t.identity().index('btree'),
     subject: t.string().index('btree'),
     jti: t.string().index('btree'),
+    /** The token's `org_id`. */
+    org_id: t.string(),
     issued_at: t.timestamp(),
     expires_at: t.timestamp().index('btree'),
   },
 );
 
 /** The token's grants, one row per (stream, query set) of each connection (DESIGN.md
- * `sync_grant(identity, connection_id, stream, query_set, ops)`, plus the token's expiry). */
+ * `sync_grant(identity, connection_id, stream, query_set, ops)`, plus the token's org and
+ * expiry). */
 const sync_grant = table(
   { name: 'sync_grant' },
   {
     id: t.u64().primaryKey().autoInc(),
     identity: t.identity().index('btree'),
     connection_id: t.connectionId().index('btree'),
+    /** The token's `org_id`: the row grants `stream` of this org only. */
+    org_id: t.string(),
     stream: t.string().index('btree'),
     /** `name@version`, or `""` when the grant names no query set (ops only, no view). */
     query_set: t.string(),
@@ -106,21 +113,28 @@ const sync_revocation = table(
   },
 );
 
-/** The last sequence number appended to each stream. */
+/** The last sequence number appended to each stream of each org. A unique constraint spans one
+ * column only, so the key is the (org, stream) pair as one string (`orgStreamKey`). */
 const stream_head = table(
   { name: 'stream_head' },
   {
-    stream_id: t.string().primaryKey(),
+    org_stream: t.string().primaryKey(),
+    org_id: t.string(),
+    stream_id: t.string(),
     last_seq: t.u64(),
   },
 );
 
-/** Events of every stream, in `seq` order per stream. */
+/** Events of every stream, in `seq` order per (org, stream). */
 const stream_event = table(
-  { name: 'stream_event' },
+  {
+    name: 'stream_event',
+    indexes: [{ accessor: 'org_stream', algorithm: 'btree', columns: ['org_id', 'stream_id'] }],
+  },
   {
     id: t.u64().primaryKey().autoInc(),
-    stream_id: t.string().index('btree'),
+    org_id: t.string(),
+    stream_id: t.string(),
     seq: t.u64(),
     payload: t.string(),
     author: t.identity(),
@@ -128,12 +142,16 @@ const stream_event = table(
   },
 );
 
-/** One checkpoint per client (identity) and stream. */
+/** One checkpoint per client (identity) and (org, stream). */
 const stream_checkpoint = table(
-  { name: 'stream_checkpoint' },
+  {
+    name: 'stream_checkpoint',
+    indexes: [{ accessor: 'org_stream', algorithm: 'btree', columns: ['org_id', 'stream_id'] }],
+  },
   {
     id: t.u64().primaryKey().autoInc(),
-    stream_id: t.string().index('btree'),
+    org_id: t.string(),
+    stream_id: t.string(),
     client: t.identity(),
     seq: t.u64(),
     payload: t.string(),
@@ -164,6 +182,7 @@ export default spacetimedb;
 
 type Ctx = ReducerCtx<(typeof spacetimedb)['schemaType']>;
 type SessionRow = Infer<typeof sync_session.rowType>;
+type GrantTableRow = Infer<typeof sync_grant.rowType>;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -207,6 +226,7 @@ function sessionOf(row: SessionRow): TokenSession {
   return {
     subject: row.subject,
     jti: row.jti,
+    org_id: row.org_id,
     issued_at: secondsOf(row.issued_at),
     expires_at: secondsOf(row.expires_at),
   };
@@ -218,17 +238,20 @@ function dropConnection(ctx: Ctx, connectionId: ConnectionId): void {
   ctx.db.sync_session.connection_id.delete(connectionId);
 }
 
-/** Raise `stream_not_granted` / `op_not_granted` unless the calling connection's unexpired
- * grant rows allow `op` on `stream`. */
-function requireOp(ctx: Ctx, stream: string, op: Op): void {
+/** The calling connection's unexpired grant row that allows `op` on `stream` of the
+ * connection's own org (its token's `org_id`); `stream_not_granted` / `op_not_granted`
+ * otherwise. Writes take the org from this row, never from the caller's arguments. */
+function requireOp(ctx: Ctx, stream: string, op: Op): GrantTableRow {
   const connectionId = ctx.connectionId;
   if (connectionId === null) fail('stream_not_granted', `${stream} is not granted`);
+  const session = ctx.db.sync_session.connection_id.find(connectionId);
+  if (session === null) fail('stream_not_granted', `${stream} is not granted`);
   const now = secondsOf(ctx.timestamp);
   const rows = [...ctx.db.sync_grant.connection_id.filter(connectionId)].filter(
     (row) => !isExpired(secondsOf(row.expires_at), now),
   );
   try {
-    authorizeOp(rows, stream, op);
+    return authorizeOp(rows, session.org_id, stream, op);
   } catch (error) {
     if (error instanceof GrantDecision) fail(error.code, error.message);
     throw error;
@@ -343,6 +366,7 @@ export const client_connected = spacetimedb.clientConnected((ctx) => {
     identity: ctx.sender,
     subject: session.subject,
     jti: session.jti,
+    org_id: session.org_id,
     issued_at: timestampOfSeconds(session.issued_at),
     expires_at: timestampOfSeconds(session.expires_at),
   });
@@ -351,6 +375,7 @@ export const client_connected = spacetimedb.clientConnected((ctx) => {
       id: 0n,
       identity: ctx.sender,
       connection_id: connectionId,
+      org_id: row.org_id,
       stream: row.stream,
       query_set: row.query_set,
       ops: [...row.ops],
@@ -451,18 +476,20 @@ export const revoke_jti = spacetimedb.reducer({ jti: t.string() }, (ctx, { jti }
 // ---------------------------------------------------------------------------------------------
 // Writes
 
-/** Append `payload` to `stream_id`; needs the `append` op on that stream. */
+/** Append `payload` to `stream_id` of the caller's org; needs the `append` op on that stream. */
 export const append = spacetimedb.reducer(
   { stream_id: t.string(), payload: t.string() },
   (ctx, { stream_id, payload }) => {
-    requireOp(ctx, stream_id, 'append');
+    const { org_id } = requireOp(ctx, stream_id, 'append');
     requirePayload(payload);
-    const head = ctx.db.stream_head.stream_id.find(stream_id);
+    const org_stream = orgStreamKey(org_id, stream_id);
+    const head = ctx.db.stream_head.org_stream.find(org_stream);
     const seq = (head?.last_seq ?? 0n) + 1n;
-    if (head === null) ctx.db.stream_head.insert({ stream_id, last_seq: seq });
-    else ctx.db.stream_head.stream_id.update({ stream_id, last_seq: seq });
+    if (head === null) ctx.db.stream_head.insert({ org_stream, org_id, stream_id, last_seq: seq });
+    else ctx.db.stream_head.org_stream.update({ ...head, last_seq: seq });
     ctx.db.stream_event.insert({
       id: 0n,
+      org_id,
       stream_id,
       seq,
       payload,
@@ -472,18 +499,20 @@ export const append = spacetimedb.reducer(
   },
 );
 
-/** Record the caller's checkpoint on `stream_id` (one per client and stream); needs the
- * `checkpoint` op on that stream. `seq` may not pass the stream's last appended event. */
+/** Record the caller's checkpoint on `stream_id` of the caller's org (one per client and
+ * stream); needs the `checkpoint` op on that stream. `seq` may not pass the stream's last
+ * appended event. */
 export const checkpoint = spacetimedb.reducer(
   { stream_id: t.string(), seq: t.u64(), payload: t.string() },
   (ctx, { stream_id, seq, payload }) => {
-    requireOp(ctx, stream_id, 'checkpoint');
+    const { org_id } = requireOp(ctx, stream_id, 'checkpoint');
     requirePayload(payload);
-    const lastSeq = ctx.db.stream_head.stream_id.find(stream_id)?.last_seq ?? 0n;
+    const lastSeq =
+      ctx.db.stream_head.org_stream.find(orgStreamKey(org_id, stream_id))?.last_seq ?? 0n;
     if (seq > lastSeq) {
       fail('invalid_request', `seq ${seq} is past the last event (${lastSeq}) of ${stream_id}`);
     }
-    for (const row of ctx.db.stream_checkpoint.stream_id.filter(stream_id)) {
+    for (const row of ctx.db.stream_checkpoint.org_stream.filter([org_id, stream_id])) {
       if (row.client.isEqual(ctx.sender)) {
         ctx.db.stream_checkpoint.id.update({ ...row, seq, payload, updated_at: ctx.timestamp });
         return;
@@ -491,6 +520,7 @@ export const checkpoint = spacetimedb.reducer(
     }
     ctx.db.stream_checkpoint.insert({
       id: 0n,
+      org_id,
       stream_id,
       client: ctx.sender,
       seq,
@@ -503,24 +533,28 @@ export const checkpoint = spacetimedb.reducer(
 // ---------------------------------------------------------------------------------------------
 // Views: what clients subscribe to (`SELECT * FROM run_event_view`)
 
-/** Events of the streams the viewer holds a `subscribe` grant for, through a query set that
- * opens this view (`run_events`). */
+/** Events of the (org, stream) pairs the viewer holds a `subscribe` grant for, through a query
+ * set that opens this view (`run_events`). */
 export const run_event_view = spacetimedb.view(
   { name: 'run_event_view', public: true },
   t.array(stream_event.rowType),
   (ctx) =>
-    visibleRows('run_event_view', ctx.db.sync_grant.identity.filter(ctx.sender), (stream) =>
-      ctx.db.stream_event.stream_id.filter(stream),
+    visibleRows(
+      'run_event_view',
+      ctx.db.sync_grant.identity.filter(ctx.sender),
+      (org_id, stream) => ctx.db.stream_event.org_stream.filter([org_id, stream]),
     ),
 );
 
-/** Checkpoints of the streams the viewer holds a `subscribe` grant for, through a query set
- * that opens this view (`run_events`, `run_checkpoints`). */
+/** Checkpoints of the (org, stream) pairs the viewer holds a `subscribe` grant for, through a
+ * query set that opens this view (`run_events`, `run_checkpoints`). */
 export const run_checkpoint_view = spacetimedb.view(
   { name: 'run_checkpoint_view', public: true },
   t.array(stream_checkpoint.rowType),
   (ctx) =>
-    visibleRows('run_checkpoint_view', ctx.db.sync_grant.identity.filter(ctx.sender), (stream) =>
-      ctx.db.stream_checkpoint.stream_id.filter(stream),
+    visibleRows(
+      'run_checkpoint_view',
+      ctx.db.sync_grant.identity.filter(ctx.sender),
+      (org_id, stream) => ctx.db.stream_checkpoint.org_stream.filter([org_id, stream]),
     ),
 );

@@ -9,17 +9,21 @@ import { DEFAULT_CONFIG, configProblem } from '../src/config.js';
 import {
   ClaimsRejected,
   GrantDecision,
+  acceptSyncToken,
   authorize,
+  authorizeOp,
   grantRows,
   parseGrants,
   parseQuerySetRef,
   parseStreamId,
+  orgStreamKey,
   querySetName,
   revocationExpiresAt,
   rowOpensView,
   scopeFor,
   utf8Length,
   validateSyncClaims,
+  visibleRows,
   visibleStreams,
   REVOCATION_RETENTION_SECONDS,
 } from '../src/grants.js';
@@ -36,6 +40,7 @@ function claims(overrides: Record<string, unknown> = {}): string {
     exp: NOW + 300,
     jti: 'tok_1',
     token_use: 'sync',
+    org_id: 'org_acme',
     grants: [{ stream: 'run:01J9ZK', query_sets: ['run_events@3'], ops: ['subscribe'] }],
     ...overrides,
   });
@@ -155,6 +160,25 @@ describe('claims', () => {
     assert.equal(rejectCode(claims({ constructor: 1, toString: 'x' })), 'accepted');
   });
 
+  it('requires org_id after the checks it shares with the control plane', () => {
+    const accept = (payload: string): string => {
+      try {
+        return acceptSyncToken(parseJson(payload), CHECK).session.org_id;
+      } catch (error) {
+        assert.ok(error instanceof ClaimsRejected);
+        return error.code;
+      }
+    };
+    assert.equal(accept(claims()), 'org_acme');
+    // validateSyncClaims stays the control plane's check; the org is the module's own rule.
+    assert.equal(rejectCode(claims({ org_id: undefined })), 'accepted');
+    assert.equal(accept(claims({ org_id: undefined })), 'malformed');
+    assert.equal(accept(claims({ org_id: '\ud800' })), 'malformed');
+    // A token failing a shared check reports that check's code, org or no org.
+    const otherIssuer = claims({ org_id: undefined, iss: 'https://other.example' });
+    assert.equal(accept(otherIssuer), 'wrong_issuer');
+  });
+
   it('reads exp written with an exponent as a float', () => {
     const text = claims().replace(`"exp":${NOW + 300}`, '"exp":1.8000003e9');
     assert.notEqual(text, claims());
@@ -214,21 +238,72 @@ describe('grammar', () => {
         { stream: 'run:a', query_sets: ['run_events@3', 'run_checkpoints@1'], ops: ['subscribe'] },
         { stream: 'run:b', query_sets: [], ops: ['append'] },
       ],
+      'org_acme',
       NOW,
     );
     assert.equal(rows.length, 3);
     assert.equal(rows[2]?.query_set, '');
-    assert.deepStrictEqual(visibleStreams(rows, 'run_event_view'), ['run:a']);
-    assert.deepStrictEqual(visibleStreams(rows, 'run_checkpoint_view'), ['run:a']);
+    assert.ok(rows.every((row) => row.org_id === 'org_acme'));
+    const opened = [{ org_id: 'org_acme', stream: 'run:a' }];
+    assert.deepStrictEqual(visibleStreams(rows, 'run_event_view'), opened);
+    assert.deepStrictEqual(visibleStreams(rows, 'run_checkpoint_view'), opened);
     assert.equal(querySetName('run_events@3'), 'run_events');
     // A query-set name that is also an Object.prototype key opens nothing.
     assert.equal(
       rowOpensView(
-        { stream: 'run:a', query_set: 'constructor@1', ops: ['subscribe'] },
+        { org_id: 'org_acme', stream: 'run:a', query_set: 'constructor@1', ops: ['subscribe'] },
         'run_event_view',
       ),
       false,
     );
+  });
+
+  it("shows no other org's rows even from a lookup that ignores the org", () => {
+    const grants = grantRows(
+      [{ stream: 'run:s', query_sets: ['run_events@3'], ops: ['subscribe'] }],
+      'org_a',
+      NOW,
+    );
+    const events = [
+      { id: 1, org_id: 'org_a', stream_id: 'run:s' },
+      { id: 2, org_id: 'org_b', stream_id: 'run:s' },
+      { id: 3, org_id: 'org_a', stream_id: 'run:t' },
+    ];
+    const byStreamOnly = (_org: string, stream: string) =>
+      events.filter((row) => row.stream_id === stream);
+    const shown = visibleRows('run_event_view', grants, byStreamOnly).map((row) => row.id);
+    assert.deepStrictEqual(shown, [1]);
+  });
+
+  it('takes the org of an op from the matching grant row, never a grant of another org', () => {
+    const rows = [
+      ...grantRows([{ stream: 'run:s', query_sets: [], ops: ['append'] }], 'org_a', NOW),
+      ...grantRows([{ stream: 'run:s', query_sets: [], ops: ['checkpoint'] }], 'org_b', NOW),
+    ];
+    assert.equal(authorizeOp(rows, 'org_a', 'run:s', 'append').org_id, 'org_a');
+    assert.throws(
+      () => authorizeOp(rows, 'org_b', 'run:s', 'append'),
+      (error: unknown) => error instanceof GrantDecision && error.code === 'op_not_granted',
+    );
+    assert.throws(
+      () => authorizeOp(rows, 'org_c', 'run:s', 'append'),
+      (error: unknown) => error instanceof GrantDecision && error.code === 'stream_not_granted',
+    );
+  });
+
+  it('keys a stream head by the (org, stream) pair, one key per pair', () => {
+    const pairs: [string, string][] = [
+      ['org_a', 'run:s'],
+      ['org_b', 'run:s'],
+      ['org_a', 'run:t'],
+      ['org_a","run:s', 'x'],
+      ['org_a', '","run:s'],
+      ['org_a:run', 's'],
+      ['org_a', 'run:s\u0000'],
+    ];
+    const keys = new Set(pairs.map(([org, stream]) => orgStreamKey(org, stream)));
+    assert.equal(keys.size, pairs.length);
+    assert.equal(orgStreamKey('org_a', 'run:s'), orgStreamKey('org_a', 'run:s'));
   });
 
   it('keeps a revocation until every token it covers has expired', () => {

@@ -132,6 +132,7 @@ interface SessionVector extends TokenSession {
 
 interface DataRow {
   id: number;
+  org_id: string;
   stream_id: string;
 }
 
@@ -144,7 +145,7 @@ interface ViewCase {
   stream_event: DataRow[];
   stream_checkpoint: DataRow[];
   expect: Record<string, Record<ViewName, number[]>>;
-  op_checks?: { connection_id: string; stream: string; op: Op; expect: string }[];
+  op_checks?: { connection_id: string; org_id: string; stream: string; op: Op; expect: string }[];
 }
 
 /** The module's steps, on plain rows: the sweep (`now`), then revocations. */
@@ -183,8 +184,9 @@ describe('views.json', () => {
       for (const [identity, perView] of Object.entries(testCase.expect)) {
         const mine = rows.filter((row) => row.identity === identity);
         for (const [view, expectedIds] of Object.entries(perView) as [ViewName, number[]][]) {
-          const shown = visibleRows(view, mine, (stream) =>
-            data[view].filter((item) => item.stream_id === stream),
+          // As the module's (org_id, stream_id) index lookup does.
+          const shown = visibleRows(view, mine, (org, stream) =>
+            data[view].filter((item) => item.org_id === org && item.stream_id === stream),
           );
           assert.deepStrictEqual(
             shown.map((item) => item.id).sort((a, b) => a - b),
@@ -197,7 +199,7 @@ describe('views.json', () => {
         const connection = rows.filter((row) => row.connection_id === check.connection_id);
         let outcome = 'ok';
         try {
-          authorizeOp(connection, check.stream, check.op);
+          authorizeOp(connection, check.org_id, check.stream, check.op);
         } catch (error) {
           assert.ok(error instanceof GrantDecision);
           outcome = error.code;
