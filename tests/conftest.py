@@ -183,3 +183,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(
             f"fuzz: {cases} generated requests over {len(fuzz.CASES_RUN)} operation runs"
         )
+    matrix = sys.modules.get("tests.test_permission_matrix")
+    if matrix is not None and matrix.CASES_RUN:
+        routes = len({route for route, _ in matrix.CASES_RUN})
+        runs = sum(matrix.CASES_RUN.values())
+        terminalreporter.write_line(
+            f"permission matrix: {len(matrix.CASES_RUN)} (route, role) cases over {routes} "
+            f"routes ({runs} walked, counting each backend)"
+        )
