@@ -20,7 +20,7 @@ from fastapi import FastAPI, Response
 from control.grants import TOKEN_USE, Op, make_grant, scope_for
 from control.kit.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from control.system.endpoints import Health
-from control.tokens.identity import spacetimedb_identity
+from control.tokens.spacetime_identity import spacetimedb_identity
 from control.tokens.schemas import GrantOut, TokenRequest, TokenResponse
 
 ISSUER = "http://127.0.0.1"

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from control import runtime
 from control.grants import parse_grants
 from control.runtime import TokenRejected, VerificationKey, verify_token
+from control.sdk import runtime
 from tests.forge import Forgery, b64url, es256_signer, split
 
 ISSUER = "https://control.test"

@@ -24,7 +24,7 @@ from control.identity.auth import Caller
 from control.policy.engine import Decision, Subject, decide_current
 from control.settings import Settings
 from control.state import AppState
-from control.tokens.identity import spacetimedb_identity
+from control.tokens.spacetime_identity import spacetimedb_identity
 from control.tokens.revocations import subject_not_before
 from control.tokens.schemas import Denial, GrantOut, TokenRequest, TokenResponse
 from control.views import OrgView

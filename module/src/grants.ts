@@ -1,6 +1,6 @@
 // The grant grammar and the sync-token claim checks, as the module applies them.
 //
-// This is a line-for-line port of `control/grants.py` (`parse_grants`, `validate_sync_claims`,
+// This is a line-for-line port of `control/sdk/grants.py` (`parse_grants`, `validate_sync_claims`,
 // `authorize`): the same shape rules, the same limits, the same regular expressions and the same
 // rejection codes, checked in the same order. Both sides are tested on the same vectors in
 // `tests/vectors/` (`claims.json`, `views.json`).
@@ -20,7 +20,7 @@
 import { hasKey, isJsonObject, type JsonObject, type JsonValue } from './json.js';
 
 // ---------------------------------------------------------------------------------------------
-// Grammar (control/grants.py)
+// Grammar (control/sdk/grants.py)
 
 export const STREAM_KIND_PATTERN = '[a-z][a-z0-9_]{0,31}';
 export const STREAM_KEY_PATTERN = '[A-Za-z0-9._~-]{1,128}';
@@ -224,7 +224,7 @@ export function authorize(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Claims (control/grants.py: validate_sync_claims)
+// Claims (control/sdk/grants.py: validate_sync_claims)
 
 export const REQUIRED_CLAIMS = [
   'iss',

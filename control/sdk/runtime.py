@@ -1,0 +1,521 @@
+"""Verifying sync tokens and checking their grants, for runtime services.
+
+```python
+from control.runtime import GrantVerifier, TokenRejected, GrantDenied
+v = GrantVerifier(issuer=..., audience=..., jwks_url=...,
+                  revocations_url=None, api_key=None, poll_interval=10.0)
+claims = v.verify(token)              # raises TokenRejected(code=...)
+v.authorize(claims, stream="run:01J9ZK", query_set="run_events", op="subscribe")
+```
+
+Keys are cached by (issuer, kid) for as long as the JWKS response's `Cache-Control` allows and
+refetched on an unknown `kid` at most once per `min_refetch_interval`. Only ES256 and RS256 are
+accepted, whatever a token's header claims; `jku`, `x5u` and `jwk` headers are never followed.
+Claim checks and grant matching come from `control.grants`, the same module the control plane
+mints with. With a revocation feed configured, a background thread follows it and `verify`
+rejects revoked `jti`s and tokens of revoked subjects issued before the revocation. Once keys
+and revocations are cached, `verify` and `authorize` make no network call.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import httpx
+import jwt
+import orjson
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm, get_default_algorithms
+
+from control.sdk.grants import (
+    ClaimsRejected,
+    GrammarError,
+    Grant,
+    GrantDecision,
+    check_sync_claims,
+    parse_grants,
+)
+from control.sdk.grants import authorize as match_grant
+
+__all__ = ["GrantDenied", "GrantVerifier", "TokenRejected", "verify_token"]
+
+log = logging.getLogger("control.runtime")
+
+ALLOWED_ALGS = frozenset({"ES256", "RS256"})
+MAX_TOKEN_BYTES = 16 * 1024
+_MAX_AGE = re.compile(r"max-age=(\d+)")
+
+
+class TokenRejected(Exception):
+    """The token is not a valid sync token. `code` is one of: invalid_signature, expired,
+    not_yet_valid, wrong_issuer, wrong_audience, wrong_token_use, unknown_key, revoked,
+    malformed."""
+
+    def __init__(self, code: str, message: str = "") -> None:
+        super().__init__(message or code)
+        self.code = code
+
+
+class GrantDenied(Exception):
+    """The token's grants do not cover the request. `code` is one of: stream_not_granted,
+    query_set_not_granted, op_not_granted."""
+
+    def __init__(self, code: str, message: str = "") -> None:
+        super().__init__(message or code)
+        self.code = code
+
+
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
+_RS256 = get_default_algorithms()["RS256"]
+
+
+@dataclass(frozen=True)
+class VerificationKey:
+    """A published key we accept, with the signature check for its algorithm."""
+
+    alg: str
+    key: Any
+
+    def check(self, signing_input: bytes, signature: bytes) -> bool:
+        """Whether `signature` (the JWS form) signs `signing_input` under this key."""
+        if self.alg != "ES256":
+            return bool(_RS256.verify(signing_input, self.key, signature))
+        # JWS carries ECDSA signatures as r || s, 32 bytes each for P-256; `cryptography`
+        # takes DER. The ECDSA parameters are built once, not per token.
+        if len(signature) != 64:
+            return False
+        der = encode_dss_signature(
+            int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+        )
+        try:
+            self.key.verify(der, signing_input, _ECDSA_SHA256)
+        except InvalidSignature:
+            return False
+        return True
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        # Two parsers may pick different values of a duplicated member: refuse the token.
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise TokenRejected("malformed", f"duplicate member {name!r}")
+            seen.add(name)
+    return result
+
+
+def _not_json(constant: str) -> Any:
+    raise TokenRejected("malformed", f"{constant} is not JSON")
+
+
+# One decoder, built once: `json.loads` with a hook would build a new decoder on every call,
+# which costs more than the parse itself. The hook sees every object, so duplicates anywhere
+# in the claims are refused; NaN and Infinity, which RFC 8259 does not allow, are refused too.
+_CLAIMS_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_not_json)
+
+
+def _parse_json(raw: bytes) -> Any:
+    """A JOSE segment's JSON, with duplicate members refused.
+
+    Fast path: orjson parses, and re-serializing the value gives back the very same bytes. That
+    proves no member was dropped, since a text with a duplicate has more members than the value
+    it parses to. Compact JSON, which this issuer and most others write, takes it; any other
+    text (whitespace, escapes, big numbers) takes the standard decoder, which names duplicates.
+    """
+    try:
+        value = orjson.loads(raw)
+        if orjson.dumps(value) == raw:
+            return value
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+        pass
+    try:
+        return _CLAIMS_DECODER.decode(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: JSON nested deeper than the interpreter's recursion limit.
+        raise TokenRejected("malformed", "not base64url JSON") from None
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    value = _parse_json(raw)
+    if type(value) is not dict:
+        raise TokenRejected("malformed", "not a JSON object")
+    return value
+
+
+def key_from_jwk(jwk: Mapping[str, Any]) -> VerificationKey | None:
+    """A verification key from a published JWK, or None for keys we never accept."""
+    alg, kty = jwk.get("alg"), jwk.get("kty")
+    if alg not in ALLOWED_ALGS or jwk.get("use", "sig") != "sig":
+        return None
+    try:
+        if alg == "ES256" and kty == "EC" and jwk.get("crv") == "P-256":
+            return VerificationKey(alg, ECAlgorithm.from_jwk(dict(jwk)))
+        if alg == "RS256" and kty == "RSA":
+            return VerificationKey(alg, RSAAlgorithm.from_jwk(dict(jwk)))
+    except (jwt.InvalidKeyError, ValueError, TypeError):
+        log.warning("ignoring an unparseable published key (kid %r)", jwk.get("kid"))
+    return None
+
+
+class _Verified(NamedTuple):
+    claims: dict[str, Any]
+    grants: tuple[Grant, ...]
+    payload: bytes  # the claims' JSON text, as signed
+
+
+def verify_token(
+    token: str,
+    find_key: Callable[[str], VerificationKey | None],
+    *,
+    issuer: str,
+    audience: str,
+    leeway: int = 30,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """Verify a sync token's signature and claims; the shared core of `GrantVerifier` and the
+    control plane's introspection. Returns the claims; raises `TokenRejected`."""
+    return _verify(token, find_key, issuer=issuer, audience=audience, leeway=leeway, now=now).claims
+
+
+# base64url to the standard alphabet; `+` and `/` become a byte outside it, so strict decoding
+# refuses them as it refuses any other character that is not base64url.
+_FROM_BASE64URL = bytes.maketrans(b"-_+/", b"+/!!")
+_PADDING = (b"", b"===", b"==", b"=")
+
+
+def _decode_segment(segment: bytes) -> bytes:
+    try:
+        return binascii.a2b_base64(
+            (segment + _PADDING[len(segment) % 4]).translate(_FROM_BASE64URL), strict_mode=True
+        )
+    except (binascii.Error, ValueError):
+        raise TokenRejected("malformed", "a segment is not base64url") from None
+
+
+# An issuer's tokens share a handful of header segments (one per key): remember the verdict on
+# each, so the hot path decodes and checks a header once, not once per token.
+_HEADERS: dict[bytes, tuple[str, str]] = {}
+_MAX_CACHED_HEADERS = 64
+
+
+def _read_header(segment: bytes) -> tuple[str, str]:
+    """The (alg, kid) of an acceptable JOSE header, or `TokenRejected`."""
+    cached = _HEADERS.get(segment)
+    if cached is not None:
+        return cached
+    header = _json_object(_decode_segment(segment))
+    alg, kid = header.get("alg"), header.get("kid")
+    if not isinstance(alg, str) or alg not in ALLOWED_ALGS:  # a list or object is unhashable
+        raise TokenRejected("invalid_signature", f"algorithm {alg!r} is not accepted")
+    if "crit" in header or "b64" in header:
+        raise TokenRejected("malformed", "critical or b64 header extensions are not supported")
+    if not isinstance(kid, str) or not kid or len(kid) > 128:
+        raise TokenRejected("unknown_key", "the token names no usable key id")
+    if len(_HEADERS) >= _MAX_CACHED_HEADERS:  # made-up headers must not grow memory
+        _HEADERS.clear()
+    _HEADERS[segment] = (alg, kid)
+    return alg, kid
+
+
+def _verify(
+    token: str,
+    find_key: Callable[[str], VerificationKey | None],
+    *,
+    issuer: str,
+    audience: str,
+    leeway: int,
+    now: float | None,
+) -> _Verified:
+    # Each segment is decoded and parsed exactly once, with duplicate members refused; the
+    # signature is checked over the exact bytes received, before the claims are parsed.
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_BYTES:
+        raise TokenRejected("malformed", "not a token, or larger than 16 KiB")
+    try:
+        data = token.encode("ascii")  # a compact JWS is ASCII: anything else is not a token
+    except UnicodeEncodeError:
+        raise TokenRejected("malformed", "not a compact JWS") from None
+    parts = data.split(b".")
+    if len(parts) != 3:
+        raise TokenRejected("malformed", "a JWS compact token has three parts")
+    alg, kid = _read_header(parts[0])
+    key = find_key(kid)
+    if key is None:
+        raise TokenRejected("unknown_key", "the token's key is not published by the issuer")
+    if key.alg != alg:
+        raise TokenRejected("invalid_signature", "the header's algorithm is not the key's")
+    signing_input = data[: len(parts[0]) + 1 + len(parts[1])]
+    if not key.check(signing_input, _decode_segment(parts[2])):
+        raise TokenRejected("invalid_signature", "signature verification failed")
+    payload = _decode_segment(parts[1])
+    claims = _json_object(payload)
+    try:
+        check_sync_claims(
+            claims,
+            issuer=issuer,
+            audience=audience,
+            now=int(now if now is not None else time.time()),
+            leeway=leeway,
+        )
+    except ClaimsRejected as exc:
+        raise TokenRejected(exc.code, str(exc)) from None
+    try:
+        grants = _parse_grants_cached(claims["grants"])
+    except GrammarError as exc:
+        raise TokenRejected("malformed", str(exc)) from None
+    return _Verified(claims, grants, payload)
+
+
+# Grants claims already parsed, keyed by their compact JSON. A runtime sees the same few grants
+# again and again (each refresh of a client's token carries the grants it had), so most tokens
+# and most `authorize` calls skip the grammar checks. A miss parses the JSON form of the key,
+# not the value it came from, so a hit and a miss always agree: grants are what their JSON says.
+_PARSED_GRANTS: dict[bytes, tuple[Grant, ...]] = {}
+_MAX_PARSED_GRANTS = 4096
+
+
+def _parse_grants_cached(value: Any) -> tuple[Grant, ...]:
+    """`parse_grants` of a `grants` claim value, through the cache; raises `GrammarError`."""
+    try:
+        key = orjson.dumps(value)
+    except orjson.JSONEncodeError:  # no JSON form orjson writes (a huge number, a surrogate)
+        return parse_grants(value)
+    grants = _PARSED_GRANTS.get(key)
+    if grants is None:
+        grants = parse_grants(orjson.loads(key))
+        if len(_PARSED_GRANTS) >= _MAX_PARSED_GRANTS:  # made-up grants must not grow memory
+            _PARSED_GRANTS.clear()
+        _PARSED_GRANTS[key] = grants
+    return grants
+
+
+def authorize(
+    claims: Mapping[str, Any], stream: str, query_set: str | None = None, op: str = "subscribe"
+) -> Grant:
+    """Check verified claims cover `stream`, `query_set` (name or `name@version`) and `op`."""
+    try:
+        grants = _parse_grants_cached(claims.get("grants"))
+    except GrammarError:
+        raise GrantDenied("stream_not_granted", "the token carries no valid grants") from None
+    return _match(grants, stream, query_set, op)
+
+
+def _match(grants: tuple[Grant, ...], stream: str, query_set: str | None, op: str) -> Grant:
+    try:
+        return match_grant(grants, stream, query_set, op)
+    except GrantDecision as exc:
+        raise GrantDenied(exc.code, str(exc)) from None
+
+
+class _Revocations:
+    """What the revocation feed has said so far."""
+
+    def __init__(self) -> None:
+        self.jtis: set[str] = set()
+        self.subjects: dict[str, int] = {}
+        self.cursor: str | None = None
+
+    def apply(self, entry: Mapping[str, Any]) -> None:
+        kind, value = entry.get("kind"), str(entry.get("value"))
+        if kind == "jti":
+            self.jtis.add(value)
+        elif kind == "subject":
+            not_before = _epoch(entry.get("not_before"))
+            if not_before is not None:
+                self.subjects[value] = max(self.subjects.get(value, 0), not_before)
+
+    def reason(self, claims: Mapping[str, Any]) -> str | None:
+        if self.jtis and claims["jti"] in self.jtis:
+            return "revoked"
+        if self.subjects:
+            not_before = self.subjects.get(claims["sub"])
+            if not_before is not None and claims["iat"] < not_before:
+                return "revoked"
+        return None
+
+
+def _epoch(value: Any) -> int | None:
+    from datetime import datetime
+
+    if isinstance(value, int | float):
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
+        except ValueError:
+            return None
+    return None
+
+
+class GrantVerifier:
+    """Verify sync tokens locally and check their grants. Thread-safe."""
+
+    def __init__(
+        self,
+        issuer: str,
+        audience: str,
+        jwks_url: str,
+        revocations_url: str | None = None,
+        api_key: str | None = None,
+        poll_interval: float = 10.0,
+        leeway: int = 30,
+        *,
+        min_refetch_interval: float = 30.0,
+        default_jwks_max_age: float = 300.0,
+        cache_size: int = 10_000,
+        http: httpx.Client | None = None,
+    ) -> None:
+        self.issuer = issuer
+        self.audience = audience
+        self.jwks_url = jwks_url
+        self.revocations_url = revocations_url
+        self.poll_interval = poll_interval
+        self.leeway = leeway
+        self.min_refetch_interval = min_refetch_interval
+        self.default_jwks_max_age = default_jwks_max_age
+        self._http = http or httpx.Client(timeout=5.0)
+        self._owns_http = http is None
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._keys: dict[tuple[str, str], VerificationKey] = {}
+        self._keys_expire_at = 0.0
+        self._last_fetch = float("-inf")
+        self._lock = threading.Lock()
+        # token -> (exp, the claims' JSON text). Bytes, not the claims: every call hands out
+        # claims of its own, which the caller may change freely, and the cache stays small.
+        self._verified: dict[str, tuple[int, bytes]] = {}
+        self._cache_size = cache_size
+        self._revocations = _Revocations()
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+        if revocations_url is not None:
+            self.poll_revocations()
+            self._poller = threading.Thread(
+                target=self._poll_forever, name="control-revocations", daemon=True
+            )
+            self._poller.start()
+
+    # --- keys -----------------------------------------------------------------------------
+
+    def _fetch_keys(self) -> None:
+        response = self._http.get(self.jwks_url)
+        response.raise_for_status()
+        keys: dict[tuple[str, str], VerificationKey] = {}
+        for jwk in response.json().get("keys", []):
+            kid = jwk.get("kid")
+            key = key_from_jwk(jwk) if isinstance(kid, str) else None
+            if key is not None:
+                keys[(self.issuer, kid)] = key
+        match = _MAX_AGE.search(response.headers.get("cache-control", ""))
+        max_age = float(match.group(1)) if match else self.default_jwks_max_age
+        now = time.monotonic()
+        with self._lock:
+            self._keys = keys
+            self._keys_expire_at = now + max_age
+            self._last_fetch = now
+
+    def _find_key(self, kid: str) -> VerificationKey | None:
+        now = time.monotonic()
+        key = self._keys.get((self.issuer, kid))
+        if key is not None and now < self._keys_expire_at:
+            return key
+        # Expired cache, or a kid we have not seen: refetch, but never more than once per
+        # interval, so a flood of tokens with made-up kids cannot turn into a flood of fetches.
+        if key is None and now - self._last_fetch < self.min_refetch_interval:
+            return None
+        try:
+            self._fetch_keys()
+        except (httpx.HTTPError, ValueError):
+            log.warning("fetching the JWKS failed; using the cached keys")
+            with self._lock:
+                self._last_fetch = now
+            return key
+        return self._keys.get((self.issuer, kid))
+
+    # --- revocations ----------------------------------------------------------------------
+
+    def poll_revocations(self) -> int:
+        """Read the revocation feed from where it was left; returns the entries applied."""
+        if self.revocations_url is None:
+            return 0
+        applied = 0
+        while True:
+            params = {"after": self._revocations.cursor} if self._revocations.cursor else {}
+            response = self._http.get(self.revocations_url, params=params, headers=self._headers)
+            response.raise_for_status()
+            page = response.json()
+            with self._lock:
+                for entry in page.get("items", []):
+                    self._revocations.apply(entry)
+                    applied += 1
+                self._revocations.cursor = page.get("next_cursor") or self._revocations.cursor
+            if not page.get("items"):
+                return applied
+
+    def _poll_forever(self) -> None:
+        while not self._stop.wait(self.poll_interval):
+            try:
+                self.poll_revocations()
+            except (httpx.HTTPError, ValueError):
+                log.warning("polling the revocation feed failed; will retry")
+
+    # --- public API -----------------------------------------------------------------------
+
+    def verify(self, token: str) -> dict[str, Any]:
+        """The token's claims, or `TokenRejected` with a code."""
+        cached = self._verified.get(token) if isinstance(token, str) else None
+        if cached is not None:
+            exp, payload = cached
+            if exp <= time.time() - self.leeway:
+                raise TokenRejected("expired", "the token has expired")
+            claims = _json_object(payload)
+        else:
+            verified = _verify(
+                token, self._find_key, issuer=self.issuer, audience=self.audience,
+                leeway=self.leeway, now=None,
+            )  # fmt: skip
+            claims = verified.claims
+            # Under the lock: eviction iterates the cache, which no other thread may change
+            # meanwhile. Reads need no lock.
+            with self._lock:
+                self._verified[token] = (claims["exp"], verified.payload)
+                if len(self._verified) > self._cache_size:  # the oldest goes first
+                    del self._verified[next(iter(self._verified))]
+        reason = self._revocations.reason(claims)
+        if reason is not None:
+            raise TokenRejected(reason, "the token has been revoked")
+        return claims
+
+    def authorize(
+        self,
+        claims: Mapping[str, Any],
+        stream: str,
+        query_set: str | None = None,
+        op: str = "subscribe",
+    ) -> Grant:
+        """The grant covering the request, or `GrantDenied` with a code."""
+        return authorize(claims, stream, query_set, op)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join(timeout=5)
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> GrantVerifier:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
