@@ -11,19 +11,21 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from control.settings import Settings, SettingsError
+from control.settings import Settings, SettingsError, load_settings
 
 SPEC_PATH = Path("openapi/openapi.json")
 
 
 def _settings() -> Settings:
-    return Settings()
+    # Every command reads its settings here, so a bad configuration is reported by `main` as
+    # value-free lines, never as pydantic's message (which quotes inputs) or a traceback.
+    return load_settings()
 
 
 def render_spec() -> str:
     from control.app import build_openapi, create_app
 
-    spec = build_openapi(create_app(Settings(), background=False))
+    spec = build_openapi(create_app(_settings(), background=False))
     return json.dumps(spec, indent=2, sort_keys=True) + "\n"
 
 
@@ -35,6 +37,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from control.state import AppState
 
     settings = _settings()
+    # Secrets first: a configuration that cannot run the service must not migrate a database.
+    settings.key_encryption_key_bytes()
+    settings.credential_pepper_bytes()
     # The embedded default needs nothing else on first run; a shared PostgreSQL is migrated
     # deliberately with `control db upgrade`, never implicitly by a replica starting up.
     if settings.sqlalchemy_url.startswith("sqlite"):
@@ -221,7 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.handler(args)
     except SettingsError as exc:
-        print(f"control: configuration error: {exc}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"control: configuration error: {problem}", file=sys.stderr)
         return 2
     except Exception as exc:
         from control.errors import ProblemError

@@ -12,11 +12,13 @@ import json
 import logging
 import os
 import secrets
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 log = logging.getLogger("control.settings")
 
@@ -26,22 +28,50 @@ PLACEHOLDER_SECRETS = frozenset(
 )
 
 SECRET_BYTES = 32
+# 32 random bytes hold about 28 distinct values; fewer than this is a pattern, not a key
+# (all zeros, one repeated byte, a short phrase repeated to length).
+MIN_DISTINCT_SECRET_BYTES = 8
+
+ENV_PREFIX = "CONTROL_"
 
 
 class SettingsError(ValueError):
-    """The configuration cannot run the service; the message says which setting and why."""
+    """The configuration cannot run the service.
+
+    Each problem is one line naming the setting and saying why, never with the setting's
+    value: these lines are printed to terminals and service logs, and a value may be a secret
+    (or part of one, pasted into the wrong variable).
+    """
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("; ".join(problems))
+        self.problems: tuple[str, ...] = problems
 
 
-def decode_secret(name: str, value: str) -> bytes:
-    """Decode a base64url secret of exactly 32 bytes, with a message naming the setting."""
+def env_name(field: str) -> str:
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def decode_secret(name: str, value: str, *, prod: bool = False) -> bytes:
+    """Decode a base64url secret of exactly 32 bytes, with a message naming the setting.
+
+    In prod the bytes must also look random: a key of one repeated byte, or of a handful of
+    byte values, decodes to the right length but protects nothing."""
     if value.strip().lower() in PLACEHOLDER_SECRETS:
         raise SettingsError(f"{name} is a placeholder; set 32 random bytes, base64url-encoded")
     try:
         raw = base64.urlsafe_b64decode(value.strip() + "=" * (-len(value.strip()) % 4))
-    except (binascii.Error, ValueError) as exc:
-        raise SettingsError(f"{name} is not valid base64url") from exc
+    except (binascii.Error, ValueError):
+        # `from None`: the decoder's own message is not needed to say what is wrong.
+        raise SettingsError(f"{name} is not valid base64url") from None
     if len(raw) != SECRET_BYTES:
         raise SettingsError(f"{name} must decode to {SECRET_BYTES} bytes, got {len(raw)}")
+    if prod and len(set(raw)) < MIN_DISTINCT_SECRET_BYTES:
+        raise SettingsError(
+            f"{name} is not random key material (fewer than {MIN_DISTINCT_SECRET_BYTES} "
+            "distinct byte values); set 32 random bytes, base64url-encoded, "
+            "when CONTROL_ENV=prod"
+        )
     return raw
 
 
@@ -50,7 +80,7 @@ def new_secret() -> str:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CONTROL_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore")
 
     env: Literal["dev", "prod"] = "dev"
     database_url: str = "sqlite:///./control.db"
@@ -82,30 +112,48 @@ class Settings(BaseSettings):
     # Upstream identity providers (ID tokens at the token endpoint).
     upstream_jwks_max_age_seconds: float = Field(300.0, ge=0)
     upstream_jwks_min_refetch_seconds: float = Field(30.0, ge=0)
+    # Which network targets an issuer's discovery document and JWKS may live at. Loopback,
+    # private and link-local addresses are refused (prod) unless this allows them; in dev,
+    # loopback is allowed so a local identity provider works out of the box.
+    federation_allow_private_networks: bool = False
 
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     log_level: str = "INFO"
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        # Every problem at once, so an operator fixes the configuration in one pass.
+        problems: list[str] = []
         if self.issuer.endswith("/"):
             # SpacetimeDB derives Identity from the exact `iss`; a trailing slash is another issuer.
-            raise SettingsError("CONTROL_ISSUER must not end with '/'")
+            problems.append("CONTROL_ISSUER must not end with '/'")
         if not (
             self.token_ttl_min_seconds
             <= self.token_ttl_default_seconds
             <= self.token_ttl_max_seconds
         ):
-            raise SettingsError("token TTL bounds must satisfy min <= default <= max")
+            problems.append(
+                "CONTROL_TOKEN_TTL_MIN_SECONDS <= CONTROL_TOKEN_TTL_DEFAULT_SECONDS <= "
+                "CONTROL_TOKEN_TTL_MAX_SECONDS must hold"
+            )
         if self.env == "prod":
             if not self.issuer.startswith("https://"):
-                raise SettingsError("CONTROL_ISSUER must be an https URL when CONTROL_ENV=prod")
+                problems.append("CONTROL_ISSUER must be an https URL when CONTROL_ENV=prod")
             for name in ("key_encryption_key", "credential_pepper"):
                 if getattr(self, name) is None and getattr(self, f"{name}_file") is None:
-                    raise SettingsError(
-                        f"CONTROL_{name.upper()} (or CONTROL_{name.upper()}_FILE) is required "
+                    problems.append(
+                        f"{env_name(name)} (or {env_name(name)}_FILE) is required "
                         "when CONTROL_ENV=prod"
                     )
+                    continue
+                # Prod refuses to start on key material it would later fail to open, or that
+                # would protect nothing; checked here so every problem is reported together.
+                try:
+                    self._secret(name)
+                except SettingsError as exc:
+                    problems.extend(exc.problems)
+        if problems:
+            raise SettingsError(*problems)
         return self
 
     @property
@@ -124,25 +172,39 @@ class Settings(BaseSettings):
         return self._secret("credential_pepper")
 
     def _secret(self, name: str) -> bytes:
-        env_name = f"CONTROL_{name.upper()}"
+        setting = env_name(name)
+        prod = self.env == "prod"
         value: SecretStr | None = getattr(self, name)
         if value is not None:
-            return decode_secret(env_name, value.get_secret_value())
+            return decode_secret(setting, value.get_secret_value(), prod=prod)
         path: Path | None = getattr(self, f"{name}_file")
         if path is not None:
             try:
-                return decode_secret(f"{env_name}_FILE ({path})", path.read_text())
+                text = path.read_text()
             except OSError as exc:
-                raise SettingsError(f"{env_name}_FILE cannot be read: {exc}") from exc
+                # `strerror` only: the full message repeats the path, which is a setting's value.
+                raise SettingsError(f"{setting}_FILE cannot be read: {exc.strerror}") from None
+            return decode_secret(f"{setting}_FILE", text, prod=prod)
         if self.env != "dev":  # pragma: no cover - refused by the validator already
-            raise SettingsError(f"{env_name} is required")
-        return decode_secret(f"{env_name} (from {self.dev_secrets_file})", self._dev_secret(name))
+            raise SettingsError(f"{setting} is required")
+        return decode_secret(f"{setting} (from CONTROL_DEV_SECRETS_FILE)", self._dev_secret(name))
 
     def _dev_secret(self, name: str) -> str:
         path = self.dev_secrets_file
         stored: dict[str, str] = {}
         if path.exists():
-            stored = json.loads(path.read_text())
+            try:
+                loaded: Any = json.loads(path.read_text())
+            except (OSError, ValueError):
+                loaded = None
+            # Never overwritten when unreadable: it may hold the key the signing keys need.
+            if not isinstance(loaded, dict) or not all(
+                isinstance(value, str) for value in loaded.values()
+            ):
+                raise SettingsError(
+                    "CONTROL_DEV_SECRETS_FILE cannot be read as a JSON object of secrets"
+                )
+            stored = loaded
         if name not in stored:
             log.warning(
                 "CONTROL_%s is not set: generated one into %s (dev mode only)", name.upper(), path
@@ -152,3 +214,40 @@ class Settings(BaseSettings):
             with os.fdopen(fd, "w") as handle:
                 json.dump(stored, handle, indent=2)
         return stored[name]
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """`Settings()`, with every way it can fail turned into a `SettingsError` of value-free
+    lines: pydantic's own messages carry the offending input (and, from a model validator, a
+    repr of every field), which may be a secret."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(*validation_problems(exc)) from None
+    except SourceError as exc:
+        # A value the environment or `.env` source could not parse; its cause quotes it.
+        field = str(exc).partition('field "')[2].partition('"')[0]
+        where = env_name(field) if field else "the settings"
+        raise SettingsError(f"{where}: cannot be parsed") from None
+    except OSError as exc:
+        raise SettingsError(f"the settings cannot be read: {exc.strerror}") from None
+
+
+def validation_problems(exc: ValidationError) -> list[str]:
+    """One line per error: the environment variable and pydantic's message, never the input."""
+    problems: list[str] = []
+    for error in exc.errors(include_url=False, include_input=False):
+        cause = error.get("ctx", {}).get("error")
+        if isinstance(cause, SettingsError):
+            problems.extend(cause.problems)
+            continue
+        message = str(error["msg"]).removeprefix("Value error, ")
+        message = message[:1].lower() + message[1:]
+        problems.append(f"{_setting_of(error['loc'])}: {message}")
+    return problems
+
+
+def _setting_of(loc: Sequence[int | str]) -> str:
+    if loc and isinstance(loc[0], str) and loc[0] in Settings.model_fields:
+        return env_name(loc[0])
+    return "settings"

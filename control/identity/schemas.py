@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 
 from control.kit.schemas import Name, RequestBody, RoleName
 
@@ -16,7 +16,7 @@ class PrincipalCreate(RequestBody):
 
 class PrincipalUpdate(RequestBody):
     roles: list[RoleName] | None = Field(default=None, max_length=32)
-    disabled: bool | None = None
+    disabled: StrictBool | None = None  # a JSON boolean: `"false"` is refused, not guessed at
 
 
 class PrincipalOut(BaseModel):

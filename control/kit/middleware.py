@@ -12,12 +12,15 @@ from control.errors import problem_response
 log = logging.getLogger("control.http")
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class BodyLimitMiddleware:
-    """Answer 413 to any body over `max_bytes`, declared or streamed, before a handler runs."""
+    """Answer 413 to any body over `max_bytes`, declared or streamed, before a handler runs.
+
+    The body is read up to the limit before the app is called and then handed over whole. A
+    limit enforced inside the app's own reads would surface wherever the app happens to read:
+    the framework turns a failed body read into a 400-class parse error, and a route that
+    never reads its body would run with an over-limit body. Reading first makes the answer the
+    same 413 on every route, however the body is framed.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -27,39 +30,44 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        detail = f"the request body exceeds {self.max_bytes} bytes"
+        too_large = problem_response(
+            "payload_too_large", f"the request body exceeds {self.max_bytes} bytes"
+        )
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
-                    too_large = int(value) > self.max_bytes
+                    declared = int(value) > self.max_bytes
                 except ValueError:
-                    too_large = True
-                if too_large:
-                    await problem_response("payload_too_large", detail)(scope, receive, send)
+                    declared = True
+                if declared:
+                    await too_large(scope, receive, send)
                     return
+        chunks: list[bytes] = []
         received = 0
-        response_started = False
-
-        async def limited_receive() -> Message:
-            nonlocal received
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _TooLarge
-            return message
+            if message["type"] != "http.request":
+                return  # the client went away before the body ended: nobody to answer
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            if received > self.max_bytes:
+                # The rest stays unread (the server discards it or closes the connection):
+                # reading on would let an endless stream hold the request open.
+                await too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body_sent = False
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal response_started
-            if message["type"] == "http.response.start":
-                response_started = True
-            await send(message)
+        async def replay() -> Message:
+            nonlocal body_sent
+            if not body_sent:
+                body_sent = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()  # after the body: the disconnect, when it comes
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not response_started:
-                await problem_response("payload_too_large", detail)(scope, receive, send)
+        await self.app(scope, replay, send)
 
 
 class RequestIdMiddleware:

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, Field, StrictInt, StringConstraints
 
 from control.grants import QUERY_SET_NAME_PATTERN, STREAM_ID_PATTERN, STREAM_KIND_PATTERN, Op
 from control.kit.schemas import Description, EntityId, PrincipalKind, RequestBody, RoleName
@@ -74,7 +74,7 @@ class GrantRuleCreate(RequestBody):
     streams: RuleStreams
     query_sets: list[QuerySetName] = Field(default_factory=list, max_length=32)
     ops: list[Op] = Field(default_factory=list, max_length=3)
-    max_ttl_seconds: int | None = Field(default=None, ge=60, le=900)
+    max_ttl_seconds: StrictInt | None = Field(default=None, ge=60, le=900)  # JSON numbers only
     description: Description | None = None
 
 

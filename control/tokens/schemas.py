@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, Field, StrictBool, StrictInt, StringConstraints
 
 from control.grants import QUERY_SET_REF_PATTERN, STREAM_ID_PATTERN, Op
 from control.kit.schemas import EntityId, RequestBody
@@ -18,9 +18,11 @@ class TokenRequest(RequestBody):
     streams: list[StreamText] = Field(min_length=1, max_length=1024)
     query_sets: list[QuerySetText] | None = Field(default=None, max_length=64)
     ops: list[Op] | None = Field(default=None, max_length=3)
-    ttl_seconds: int | None = None
+    # Strict: a JSON number and a JSON boolean. `"300"` or `"true"` is a client bug to report,
+    # not a value to guess at.
+    ttl_seconds: StrictInt | None = None
     device_id: DeviceId | None = None
-    allow_partial: bool = False
+    allow_partial: StrictBool = False
 
 
 class GrantOut(BaseModel):
