@@ -38,6 +38,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "too_many_streams": (422, "Too many streams"),
     "rate_limited": (429, "Rate limited"),
     "unavailable": (503, "Service unavailable"),
+    "issuer_unavailable": (503, "Issuer unavailable"),
 }
 
 

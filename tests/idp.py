@@ -3,6 +3,7 @@ over HTTP on a loopback port, and ID tokens signed with PyJWT."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -23,6 +24,15 @@ class IdentityProvider:
         self.keys: list[tuple[str, rsa.RSAPrivateKey]] = []
         self.jwks_fetches = 0
         self.jwks_delay = 0.0  # seconds each JWKS answer waits: a slow provider
+        # A provider gone wrong: raw bodies served instead of the real documents, a status
+        # other than 200, answers without Content-Length (the body ends when the connection
+        # closes), and how often discovery was asked for.
+        self.discovery_fetches = 0
+        self.discovery_delay = 0.0
+        self.discovery_raw: bytes | None = None
+        self.jwks_raw: bytes | None = None
+        self.status = 200
+        self.send_length = True
         self.rotate()
 
     def rotate(self) -> str:
@@ -48,6 +58,11 @@ class IdentityProvider:
         kid, key = self.keys[0]
         return jwt.encode(payload, key, algorithm="RS256", headers={"kid": kid})
 
+    def sign_raw(self, payload: bytes) -> str:
+        """A token over exactly these payload bytes, e.g. JSON no encoder would write."""
+        kid, key = self.keys[0]
+        return jwt.api_jws.encode(payload, key, algorithm="RS256", headers={"kid": kid})
+
 
 @contextmanager
 def running_idp() -> Iterator[IdentityProvider]:
@@ -56,26 +71,36 @@ def running_idp() -> Iterator[IdentityProvider]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             assert provider is not None
+            raw: bytes | None
             if self.path == "/.well-known/openid-configuration":
-                body = {
+                provider.discovery_fetches += 1
+                time.sleep(provider.discovery_delay)
+                body: Any = {
                     "issuer": provider.issuer,
                     "jwks_uri": f"{provider.issuer}/jwks",
                     "id_token_signing_alg_values_supported": ["RS256"],
                 }
+                raw = provider.discovery_raw
             elif self.path == "/jwks":
                 provider.jwks_fetches += 1
                 time.sleep(provider.jwks_delay)
                 body = provider.jwks()
+                raw = provider.jwks_raw
             else:
                 self.send_response(404)
                 self.end_headers()
                 return
-            data = json.dumps(body).encode()
-            self.send_response(200)
+            data = json.dumps(body).encode() if raw is None else raw
+            self.send_response(provider.status)
             self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
+            if provider.send_length:
+                self.send_header("Content-Length", str(len(data)))
+            else:
+                self.close_connection = True
             self.end_headers()
-            self.wfile.write(data)
+            # The client may stop reading (a body over its size cap).
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self.wfile.write(data)
 
         def log_message(self, *_: Any) -> None:
             pass

@@ -31,7 +31,7 @@ async def verified_id_token(
     if credentials is None or not looks_like_jwt(credentials.credentials):
         return None
     return await run_in_threadpool(
-        verify_id_token, state.sessions, state.upstream, credentials.credentials
+        verify_id_token, state.sessions, state.upstream, credentials.credentials, state.settings
     )
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from fastapi import Response
 
+from control.deps import StateDep
 from control.federation import service
 from control.federation.models import TrustedIssuer
 from control.federation.schemas import TrustedIssuerBody, TrustedIssuerOut
@@ -25,9 +26,9 @@ def trusted_issuer_out(row: TrustedIssuer) -> TrustedIssuerOut:
 
 
 def create_trusted_issuer(
-    body: TrustedIssuerBody, view: ViewDep, caller: CallerDep
+    body: TrustedIssuerBody, state: StateDep, view: ViewDep, caller: CallerDep
 ) -> TrustedIssuerOut:
-    return trusted_issuer_out(service.create_trusted_issuer(view, caller, body))
+    return trusted_issuer_out(service.create_trusted_issuer(view, caller, body, state.settings))
 
 
 def list_trusted_issuers(view: ViewDep, page: PageDep) -> Page[TrustedIssuerOut]:
@@ -40,10 +41,12 @@ def get_trusted_issuer(issuer_id: str, view: ViewDep) -> TrustedIssuerOut:
 
 
 def update_trusted_issuer(
-    issuer_id: str, body: TrustedIssuerBody, view: ViewDep, caller: CallerDep
+    issuer_id: str, body: TrustedIssuerBody, state: StateDep, view: ViewDep, caller: CallerDep
 ) -> TrustedIssuerOut:
     row = view.get(TrustedIssuer, issuer_id, "trusted issuer")
-    return trusted_issuer_out(service.update_trusted_issuer(view, caller, row, body))
+    return trusted_issuer_out(
+        service.update_trusted_issuer(view, caller, row, body, state.settings)
+    )
 
 
 def delete_trusted_issuer(issuer_id: str, view: ViewDep, caller: CallerDep) -> Response:

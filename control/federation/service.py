@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,8 +13,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from control.audit.service import record
-from control.errors import Conflict, Unauthorized, Unavailable
+from control.errors import Conflict, InvalidRequest, ProblemError, Unauthorized
 from control.federation.models import FederatedIdentity, TrustedIssuer
+from control.federation.network import NetworkPolicy, TargetRefused
 from control.federation.schemas import TrustedIssuerBody
 from control.federation.verifier import (
     UpstreamRejected,
@@ -20,10 +24,59 @@ from control.federation.verifier import (
     unverified_issuer,
 )
 from control.identity.auth import Caller
+from control.identity.authority import require_authority
 from control.identity.models import Principal
 from control.kit.db import utcnow
 from control.kit.ids import new_id
+from control.settings import Settings
+from control.tokens.revocations import revoke
 from control.views import OrgView
+
+log = logging.getLogger("control.federation")
+
+MAX_NAME_CHARS = 200
+# What a caller learns when an issuer's keys cannot be had: nothing about hosts, ports or
+# upstream errors (the log has those), and the same words whatever went wrong.
+ISSUER_UNAVAILABLE = "the ID token's issuer cannot be reached now; try again later"
+
+
+class IssuerUnavailable(ProblemError):
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            "issuer_unavailable", ISSUER_UNAVAILABLE, headers={"Retry-After": str(retry_after)}
+        )
+
+
+def conferred_roles(default_roles: list[str], role_map: dict[str, list[str]]) -> set[str]:
+    """Every role a trusted issuer can put on the principals it signs in."""
+    return set(default_roles).union(*role_map.values())
+
+
+def _same_issuer(a: str, b: str) -> bool:
+    # Scheme and host are case-insensitive, and a trailing slash is a typo, not another service.
+    def key(url: str) -> str:
+        scheme, _, rest = url.rstrip("/").partition("://")
+        host, slash, path = rest.partition("/")
+        return f"{scheme.lower()}://{host.lower()}{slash}{path}"
+
+    return key(a) == key(b)
+
+
+def _issuer_problem(message: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"`issuer` {message}",
+        errors=[{"loc": ["body", "issuer"], "message": message, "type": "value_error"}],
+    )
+
+
+def _check_target(settings: Settings, body: TrustedIssuerBody) -> None:
+    if _same_issuer(body.issuer, settings.issuer):
+        # Its sync tokens are not ID tokens: trusting them would let any sync token sign in.
+        raise _issuer_problem("is this service's own issuer, whose tokens are not ID tokens")
+    try:
+        NetworkPolicy.from_settings(settings).check_registration(body.issuer)
+    except TargetRefused as exc:
+        raise _issuer_problem(str(exc)) from None
 
 
 def _check_unclaimed(view: OrgView, body: TrustedIssuerBody, exclude_id: str | None) -> None:
@@ -53,7 +106,15 @@ def _summary(row: TrustedIssuer) -> dict[str, Any]:
     return {"issuer": row.issuer, "audiences": row.audiences, "default_roles": row.default_roles}
 
 
-def create_trusted_issuer(view: OrgView, caller: Caller, body: TrustedIssuerBody) -> TrustedIssuer:
+def create_trusted_issuer(
+    view: OrgView, caller: Caller, body: TrustedIssuerBody, settings: Settings
+) -> TrustedIssuer:
+    require_authority(
+        caller.roles,
+        conferred_roles(body.default_roles, body.role_map),
+        "trust an issuer that confers it",
+    )
+    _check_target(settings, body)
     _check_unclaimed(view, body, None)
     row = TrustedIssuer(id=new_id("tis"), org_id=view.org_id, created_at=utcnow())
     _apply(row, body)
@@ -71,8 +132,20 @@ def create_trusted_issuer(view: OrgView, caller: Caller, body: TrustedIssuerBody
 
 
 def update_trusted_issuer(
-    view: OrgView, caller: Caller, row: TrustedIssuer, body: TrustedIssuerBody
+    view: OrgView, caller: Caller, row: TrustedIssuer, body: TrustedIssuerBody, settings: Settings
 ) -> TrustedIssuer:
+    # Both sides: editing or repointing an issuer that confers a role is conferring it.
+    require_authority(
+        caller.roles,
+        conferred_roles(row.default_roles, row.role_map),
+        "change a trusted issuer that confers it",
+    )
+    require_authority(
+        caller.roles,
+        conferred_roles(body.default_roles, body.role_map),
+        "trust an issuer that confers it",
+    )
+    _check_target(settings, body)
     _check_unclaimed(view, body, row.id)
     before = _summary(row)
     _apply(row, body)
@@ -89,6 +162,31 @@ def update_trusted_issuer(
 
 
 def delete_trusted_issuer(view: OrgView, caller: Caller, row: TrustedIssuer) -> None:
+    require_authority(
+        caller.roles,
+        conferred_roles(row.default_roles, row.role_map),
+        "stop trusting an issuer that confers it",
+    )
+    # The sync tokens it let its principals mint must not outlive the trust: revoke them
+    # while the links still say whose they are (they go with the row).
+    principal_ids = sorted(
+        set(
+            view.session.scalars(
+                select(FederatedIdentity.principal_id).where(
+                    FederatedIdentity.trusted_issuer_id == row.id,
+                    FederatedIdentity.org_id == view.org_id,
+                )
+            )
+        )
+    )
+    for principal_id in principal_ids:
+        revoke(
+            view.session,
+            org_id=view.org_id,
+            kind="subject",
+            value=principal_id,
+            reason="trusted issuer deleted",
+        )
     view.session.delete(row)
     view.session.flush()
     record(
@@ -97,7 +195,7 @@ def delete_trusted_issuer(view: OrgView, caller: Caller, row: TrustedIssuer) -> 
         action="trusted_issuer.delete",
         target=row.id,
         org_id=view.org_id,
-        detail={"before": _summary(row)},
+        detail={"before": _summary(row), "revoked_principals": len(principal_ids)},
     )
 
 
@@ -127,7 +225,7 @@ class VerifiedIdToken:
 
 
 def verify_id_token(
-    sessions: sessionmaker[Session], verifier: UpstreamVerifier, token: str
+    sessions: sessionmaker[Session], verifier: UpstreamVerifier, token: str, settings: Settings
 ) -> VerifiedIdToken:
     """Step one of signing in with an ID token, before the request's unit of work opens.
 
@@ -135,9 +233,16 @@ def verify_id_token(
     nothing another request needs may wait on it. So the trusted issuers are read in a session
     of their own, closed before any fetch, and no database connection or SQLite request lock
     is held while the provider answers.
+
+    Every failure is a 401 with a precise, non-secret reason, or a 503 `issuer_unavailable`
+    that says nothing of what went wrong upstream; the log says what did.
     """
+    issuer = ""
     try:
         issuer = unverified_issuer(token)
+        if _same_issuer(issuer, settings.issuer):
+            raise UpstreamRejected("unknown_issuer", "the token's issuer is not trusted")
+        network = NetworkPolicy.from_settings(settings)
         with sessions() as session:
             candidates = [
                 (row.id, list(row.audiences), list(row.algorithms))
@@ -152,7 +257,11 @@ def verify_id_token(
             # At most one org per (issuer, audience): the first match wins.
             try:
                 claims = verifier.verify(
-                    token, issuer=issuer, audiences=audiences, algorithms=algorithms
+                    token,
+                    issuer=issuer,
+                    audiences=audiences,
+                    algorithms=algorithms,
+                    network=network,
                 )
             except UpstreamRejected as exc:
                 last_error = exc
@@ -161,9 +270,12 @@ def verify_id_token(
         assert last_error is not None
         raise last_error
     except UpstreamRejected as exc:
+        # Attacker-chosen text is logged as a repr, so it cannot forge log lines.
+        log.warning("ID token refused (%s) for issuer %.200r: %s", exc.reason, issuer, exc)
         raise Unauthorized(f"the ID token was refused: {exc}", reason=exc.reason) from None
     except UpstreamUnavailable as exc:
-        raise Unavailable(str(exc)) from None
+        # The verifier logged the cause; the caller learns only that it should retry.
+        raise IssuerUnavailable(exc.retry_after) from None
 
 
 def caller_for_id_token(session: Session, verified: VerifiedIdToken) -> Caller:
@@ -197,10 +309,7 @@ def _principal_for(session: Session, trusted: TrustedIssuer, claims: dict[str, A
         principal = session.get(Principal, link.principal_id)
         assert principal is not None  # the link cascades with its principal
         return principal
-    name = next(
-        (str(claims[c])[:200] for c in ("email", "preferred_username", "name") if claims.get(c)),
-        subject[:200],
-    )
+    name = principal_name(claims)
     roles = sorted(set(trusted.default_roles) | _mapped_roles(trusted, claims))
     principal = Principal(
         id=new_id("prn"), org_id=trusted.org_id, kind="user", name=name, roles=roles
@@ -231,3 +340,31 @@ def _principal_for(session: Session, trusted: TrustedIssuer, claims: dict[str, A
         detail={"issuer": trusted.issuer, "trusted_issuer_id": trusted.id, "roles": roles},
     )
     return principal
+
+
+# ANSI escape sequences (CSI, OSC and two-character ones), removed whole: dropping only the ESC
+# would leave "[31m" in the name.
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-_])")
+_SPACES = re.compile(r"\s+")
+_CLEAN = {"Cc": " ", "Cs": "\ufffd"}
+
+
+def clean_name(value: str) -> str:
+    """`value` made a valid `Name` (see control.kit.schemas), possibly empty: no escape
+    sequences, control characters as spaces, lone surrogates (not encodable, so not storable)
+    as U+FFFD, runs of whitespace collapsed, at most MAX_NAME_CHARS."""
+    value = _ANSI.sub("", value)
+    value = "".join(_CLEAN.get(unicodedata.category(char), char) for char in value)
+    return _SPACES.sub(" ", value).strip()[:MAX_NAME_CHARS].strip()
+
+
+def principal_name(claims: dict[str, Any]) -> str:
+    """The display name of a principal an ID token creates: the first usable of its email,
+    preferred_username and name, else its subject, else a placeholder."""
+    for claim in ("email", "preferred_username", "name", "sub"):
+        value = claims.get(claim)
+        if isinstance(value, str):
+            name = clean_name(value)
+            if name:
+                return name
+    return "federated user"
