@@ -81,7 +81,7 @@ ROUTES: tuple[Route, ...] = (
           "Mint a sync token carrying stream / query-set grants (the canonical token route)",
           "tokens", MEMBER_OR_ID_TOKEN, tokens.mint_token, request_model=TokenRequest,
           response_model=TokenResponse,
-          errors=("stream_not_granted", "too_many_streams", "rate_limited")),
+          errors=("stream_not_granted", "too_many_streams", "rate_limited", "issuer_unavailable")),
     Route("POST", "/api/sync/introspect", "introspect_sync_token",
           "Is this sync token active, and does it cover a stream / query set / op?",
           "tokens", SERVICE, introspection.introspect, request_model=IntrospectRequest,

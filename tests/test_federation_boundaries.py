@@ -194,6 +194,26 @@ def test_deleting_an_issuer_revokes_the_tokens_of_its_principals(
     assert deleted[0]["detail"]["revoked_principals"] == 2
 
 
+def test_repointing_an_issuer_ends_the_old_subjects(org_b: OrgFixture, client: TestClient) -> None:
+    """A `sub` of the new issuer is not the old issuer's `sub`: it never signs in as the old
+    principal, and the old principals' tokens end with the trust that minted them."""
+    with running_idp() as old, running_idp() as new:
+        trusted = federate(org_b, old)
+        first = mint(client, old.id_token("same-sub", aud=AUDIENCE))
+        assert first.status_code == 200, first.text
+        old_principal = first.json()["subject"]
+        service = org_b.principal("introspector", kind="service", roles=["service"])
+        org_b.admin.ok("PUT", f"{ISSUERS}/{trusted['id']}", issuer_body(new.issuer), status=200)
+        answer = service.ok("POST", INTROSPECT, {"token": first.json()["token"]}, status=200)
+        assert (answer["active"], answer["reason"]) == (False, "revoked")
+        second = mint(client, new.id_token("same-sub", aud=AUDIENCE))
+        assert second.status_code == 200, second.text
+        assert second.json()["subject"] != old_principal
+    audit = org_b.admin.ok("GET", "/api/admin/audit?limit=500")["items"]
+    updated = [e for e in audit if e["action"] == "trusted_issuer.update"]
+    assert updated[0]["detail"]["revoked_principals"] == 1
+
+
 # --- where the service may be made to fetch from ------------------------------------------
 
 PROD_REFUSED = [

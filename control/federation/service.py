@@ -8,7 +8,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -148,6 +148,15 @@ def update_trusted_issuer(
     _check_target(settings, body)
     _check_unclaimed(view, body, row.id)
     before = _summary(row)
+    unlinked = 0
+    if body.issuer != row.issuer:
+        # Another issuer's `sub` values are another namespace: a subject of the new issuer must
+        # never sign in as whoever the old one's same `sub` was. The old links end here, with
+        # their principals' tokens; users who moved with the issuer get new principals.
+        unlinked = _end_links(view, row, "trusted issuer repointed")
+        view.session.execute(
+            delete(FederatedIdentity).where(FederatedIdentity.trusted_issuer_id == row.id)
+        )
     _apply(row, body)
     view.session.flush()
     record(
@@ -156,19 +165,14 @@ def update_trusted_issuer(
         action="trusted_issuer.update",
         target=row.id,
         org_id=view.org_id,
-        detail={"before": before, "after": _summary(row)},
+        detail={"before": before, "after": _summary(row), "revoked_principals": unlinked},
     )
     return row
 
 
-def delete_trusted_issuer(view: OrgView, caller: Caller, row: TrustedIssuer) -> None:
-    require_authority(
-        caller.roles,
-        conferred_roles(row.default_roles, row.role_map),
-        "stop trusting an issuer that confers it",
-    )
-    # The sync tokens it let its principals mint must not outlive the trust: revoke them
-    # while the links still say whose they are (they go with the row).
+def _end_links(view: OrgView, row: TrustedIssuer, reason: str) -> int:
+    """Revoke the sync tokens of every principal `row` signed in, while the links still say
+    whose they are; returns how many principals that was."""
     principal_ids = sorted(
         set(
             view.session.scalars(
@@ -180,13 +184,19 @@ def delete_trusted_issuer(view: OrgView, caller: Caller, row: TrustedIssuer) -> 
         )
     )
     for principal_id in principal_ids:
-        revoke(
-            view.session,
-            org_id=view.org_id,
-            kind="subject",
-            value=principal_id,
-            reason="trusted issuer deleted",
-        )
+        revoke(view.session, org_id=view.org_id, kind="subject", value=principal_id, reason=reason)
+    return len(principal_ids)
+
+
+def delete_trusted_issuer(view: OrgView, caller: Caller, row: TrustedIssuer) -> None:
+    require_authority(
+        caller.roles,
+        conferred_roles(row.default_roles, row.role_map),
+        "stop trusting an issuer that confers it",
+    )
+    # The sync tokens it let its principals mint must not outlive the trust (the links go
+    # with the row).
+    revoked = _end_links(view, row, "trusted issuer deleted")
     view.session.delete(row)
     view.session.flush()
     record(
@@ -195,7 +205,7 @@ def delete_trusted_issuer(view: OrgView, caller: Caller, row: TrustedIssuer) -> 
         action="trusted_issuer.delete",
         target=row.id,
         org_id=view.org_id,
-        detail={"before": _summary(row), "revoked_principals": len(principal_ids)},
+        detail={"before": _summary(row), "revoked_principals": revoked},
     )
 
 
