@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint typecheck migrations-check openapi-check pytest module-test bench soak clean
+.PHONY: run test install lint typecheck imports-check migrations-check openapi-check pytest module-test bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ install: $(STAMP)
 run: install
 	$(BIN)/control serve --host 127.0.0.1 --port 8080
 
-test: install lint typecheck migrations-check openapi-check module-test pytest
+test: install lint typecheck imports-check migrations-check openapi-check module-test pytest
 
 lint: install
 	$(BIN)/ruff format --check .
@@ -26,6 +26,10 @@ lint: install
 
 typecheck: install
 	$(BIN)/mypy --strict control
+
+# No import cycles in control/, the SDK and kit/ stand alone, bench/ and scripts/ never import tests/.
+imports-check: install
+	$(BIN)/python scripts/check_imports.py
 
 migrations-check: install
 	$(BIN)/python scripts/check_migrations.py
@@ -36,8 +40,13 @@ openapi-check: install
 module-test:
 	@bash scripts/module_test.sh
 
+# Workers for pytest-xdist: much of the suite waits on real servers, subprocesses and
+# PostgreSQL, so two workers keep both of this machine's cores busy. `PYTEST_WORKERS=0` runs
+# in one process.
+PYTEST_WORKERS ?= 2
+
 pytest: install
-	$(BIN)/python -m pytest --cov=control --cov-report=term $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --cov=control --cov-report=term $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python bench/mint.py

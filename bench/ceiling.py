@@ -41,15 +41,15 @@ from loadgen import (
 )
 from sqlalchemy.orm import sessionmaker
 
-from control.audit.service import _INSERT_EVENT
-from control.identity.auth import _CALLER_BY_KEY_HASH
+from control.audit.repository import INSERT_EVENT
+from control.identity.repository import CALLER_BY_KEY_HASH
 from control.identity.secrets import hash_api_key
 from control.kit.db import make_engine
-from control.policy.engine import _POLICY_REV, _STREAMS_BY_ID
-from control.tokens.revocations import _SUBJECT_NOT_BEFORE
-from tests.conftest import PEPPER
-from tests.pg import postgres_available
-from tests.server import free_port
+from control.policy.repository import POLICY_REV, STREAMS_BY_ID
+from control.revocations.repository import SUBJECT_NOT_BEFORE
+from harness.keys import PEPPER
+from harness.pg import postgres_available
+from harness.server import free_port
 
 HERE = Path(__file__).resolve().parent
 REQUEST = {"streams": ["run:01J9ZK3F6Y0000000000000000"], "query_sets": ["run_events@1"]}
@@ -92,15 +92,18 @@ def database_floor(backend: str, mints: int) -> float:
 
             def one_mint(index: int) -> None:
                 with sessions() as session:
-                    caller = session.execute(_CALLER_BY_KEY_HASH, {"key_hash": key_hash}).one()
+                    caller = session.execute(CALLER_BY_KEY_HASH, {"key_hash": key_hash}).one()
                     params = {"org_id": caller.org_id}
-                    session.execute(_POLICY_REV, params).scalar()
+                    session.execute(POLICY_REV, params).scalar()
                     stream = world.streams[index % len(world.streams)]
-                    rows = session.execute(_STREAMS_BY_ID, {**params, "ids": [stream]}).all()
+                    rows = session.execute(STREAMS_BY_ID, {**params, "ids": [stream]}).all()
                     assert rows, "the stream is registered"
-                    session.execute(_SUBJECT_NOT_BEFORE, {"subject": caller.principal_id})
                     session.execute(
-                        _INSERT_EVENT,
+                        SUBJECT_NOT_BEFORE,
+                        {"subject": caller.principal_id, "org_id": caller.org_id},
+                    )
+                    session.execute(
+                        INSERT_EVENT,
                         {
                             "at": datetime.now(UTC),
                             "actor": caller.principal_id,

@@ -17,11 +17,11 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI, Response
 
+from control.api.system import Health
 from control.grants import TOKEN_USE, Op, make_grant, scope_for
 from control.kit.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from control.system.endpoints import Health
-from control.tokens.spacetime_identity import spacetimedb_identity
 from control.tokens.schemas import GrantOut, TokenRequest, TokenResponse
+from control.tokens.spacetime_identity import spacetimedb_identity
 
 ISSUER = "http://127.0.0.1"
 AUDIENCE = "spacetimedb"

@@ -5,21 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 
 from control import __version__
-from control.deps import commit_on_its_thread
-from control.errors import Problem, install_error_handlers
-from control.federation.auth import require_client
-from control.identity.auth import require
+from control.api.auth import guard_for
+from control.api.deps import commit_on_its_thread
+from control.errors import install_error_handlers
 from control.keys.service import ensure_keys
 from control.kit.db import unit_of_work
 from control.kit.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from control.kit.routing import Access, mount_routes
+from control.kit.openapi import build_openapi
+from control.kit.routing import mount_routes
 from control.routes import ROUTES
 from control.settings import Settings
 from control.state import AppState
@@ -49,11 +47,6 @@ def prepare(state: AppState) -> None:
         ensure_keys(session, state.settings, state.keyring.cipher)
     with unit_of_work(state.sessions) as session:
         state.keyring.load(session)
-
-
-def guard_for(access: Access) -> Callable[..., Any]:
-    """The auth dependency for a route of the table, from its access requirement."""
-    return require_client(access) if access.id_tokens else require(access)
 
 
 def create_app(
@@ -100,18 +93,4 @@ def create_app(
     return app
 
 
-def build_openapi(app: FastAPI) -> dict[str, Any]:
-    """The spec, generated from the mounted (table-built) routes. Deterministic."""
-    cached: dict[str, Any] | None = getattr(app.state, "openapi_spec", None)
-    if cached is not None:
-        return cached
-    spec = get_openapi(
-        title=API_TITLE,
-        version=__version__,
-        description=API_DESCRIPTION,
-        routes=app.routes,
-    )
-    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
-    schemas["Problem"] = Problem.model_json_schema()
-    app.state.openapi_spec = spec
-    return spec
+__all__ = ["build_openapi", "create_app", "guard_for", "prepare"]

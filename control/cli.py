@@ -111,20 +111,13 @@ def _with_session(action: Callable[[Any, Settings, Any], dict[str, Any]]) -> int
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
-    from control.audit.service import record
+    from control.audit.service import Auditor
     from control.keys.service import ensure_keys, rotate
 
     def action(session: Any, settings: Settings, cipher: Any) -> dict[str, Any]:
         ensure_keys(session, settings, cipher)
         result = rotate(session, settings, cipher)
-        record(
-            session,
-            actor="cli",
-            action="keys.rotate",
-            target=result["active"],
-            org_id=None,
-            detail=result,
-        )
+        Auditor(session, "cli", None).record("keys.rotate", result["active"], result)
         return result
 
     return _with_session(action)
@@ -142,12 +135,12 @@ def cmd_admin_bootstrap(args: argparse.Namespace) -> int:
 def cmd_token_mint(args: argparse.Namespace) -> int:
     from control.app import prepare
     from control.errors import NotFound
-    from control.identity.auth import Caller
+    from control.identity.caller import Caller
     from control.identity.models import Principal
     from control.kit.db import unit_of_work
     from control.state import AppState
     from control.tokens.schemas import TokenRequest
-    from control.tokens.service import mint
+    from control.tokens.service import Refused, mint
 
     state = AppState.build(_settings())
     try:
@@ -169,10 +162,21 @@ def cmd_token_mint(args: argparse.Namespace) -> int:
                 ttl_seconds=args.ttl,
                 allow_partial=args.allow_partial,
             )
-            minted = mint(state, session, caller, body, actor="cli")
+            outcome = mint(
+                session,
+                caller,
+                body,
+                settings=state.settings,
+                keys=state.keyring.snapshot,
+                policies=state.policies,
+                actor="cli",
+            )
     finally:
         state.engine.dispose()
-    print(minted.response.model_dump_json(indent=2))
+    # The refusal's audit event committed with the unit of work; now say why.
+    if isinstance(outcome, Refused):
+        raise outcome.problem()
+    print(outcome.response.model_dump_json(indent=2))
     return 0
 
 

@@ -7,7 +7,7 @@ from control.keys.models import SigningKey
 from control.kit.db import Base
 from control.kit.locks import ControlLock
 from control.policy.models import GrantRule, QuerySet, Stream
-from control.tokens.models import Revocation
+from control.revocations.models import Revocation
 
 metadata = Base.metadata
 

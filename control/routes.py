@@ -7,11 +7,9 @@ its successor, so "retired but active" cannot be expressed.
 
 from __future__ import annotations
 
-from control.audit import endpoints as audit
-from control.audit.endpoints import AuditEventOut
-from control.federation import endpoints as federation
+from control.api import audit, federation, identity, keys, policy, revocations, system, tokens
+from control.audit.schemas import AuditEventOut
 from control.federation.schemas import TrustedIssuerBody, TrustedIssuerOut
-from control.identity import endpoints as identity
 from control.identity.schemas import (
     CredentialCreate,
     CredentialIssued,
@@ -20,12 +18,12 @@ from control.identity.schemas import (
     PrincipalOut,
     PrincipalUpdate,
 )
-from control.keys import endpoints as keys
 from control.keys.schemas import JWKS, KeyList, OpenIDConfiguration, RotationResult
 from control.kit.pagination import Page
 from control.kit.routing import Access, Route, Status
-from control.policy import endpoints as policy
 from control.policy.schemas import (
+    ExplainRequest,
+    ExplainResponse,
     GrantRuleCreate,
     GrantRuleOut,
     QuerySetCreate,
@@ -34,24 +32,20 @@ from control.policy.schemas import (
     StreamCreate,
     StreamOut,
 )
-from control.system import endpoints as system
-from control.tokens import endpoints as tokens
-from control.tokens import introspection
-from control.tokens.introspection import (
+from control.revocations.schemas import RevocationCreate, RevocationFeed, RevocationOut
+from control.tokens.schemas import (
     IntrospectRequest,
     IntrospectResponse,
-    RevocationCreate,
-    RevocationFeed,
-    RevocationOut,
+    TokenRequest,
+    TokenResponse,
 )
-from control.tokens.schemas import ExplainRequest, ExplainResponse, TokenRequest, TokenResponse
 
 TOKEN_ROUTE = "/api/sync/token"  # noqa: S105 - a path, not a secret
 
 ANYONE = Access.anyone()
 OPERATOR = Access.role("operator")
 ADMIN = Access.role("admin")
-MEMBER_OR_ID_TOKEN = Access.role("member", id_tokens=True)
+MEMBER_OR_ID_TOKEN = Access.role("member", accepts=("api_key", "id_token"))
 SERVICE = Access.role("service")
 SERVICE_OR_ADMIN = Access.role("service", "admin")
 
@@ -84,11 +78,11 @@ ROUTES: tuple[Route, ...] = (
           errors=("stream_not_granted", "too_many_streams", "rate_limited", "issuer_unavailable")),
     Route("POST", "/api/sync/introspect", "introspect_sync_token",
           "Is this sync token active, and does it cover a stream / query set / op?",
-          "tokens", SERVICE, introspection.introspect, request_model=IntrospectRequest,
+          "tokens", SERVICE, tokens.introspect, request_model=IntrospectRequest,
           response_model=IntrospectResponse),
     Route("GET", "/api/sync/revocations", "revocation_feed",
           "Revocations after a cursor, in order, for runtime caches", "tokens", SERVICE,
-          introspection.revocation_feed, response_model=RevocationFeed,
+          revocations.revocation_feed, response_model=RevocationFeed,
           errors=("invalid_request",)),
     Route("POST", "/api/streams", "register_stream", "Register a stream (owner, org)",
           "streams", SERVICE_OR_ADMIN, policy.register_stream, request_model=StreamCreate,
@@ -154,7 +148,7 @@ ROUTES: tuple[Route, ...] = (
           "Delete a grant rule", "policy", ADMIN, policy.delete_rule, status_code=204),
     Route("POST", "/api/admin/explain", "explain",
           "Dry-run the policy engine for a principal: the decision a mint would make",
-          "policy", ADMIN, tokens.explain, request_model=ExplainRequest,
+          "policy", ADMIN, policy.explain, request_model=ExplainRequest,
           response_model=ExplainResponse, errors=("not_found", "too_many_streams")),
     Route("POST", "/api/admin/trusted-issuers", "create_trusted_issuer",
           "Trust an upstream OIDC issuer's ID tokens at the token endpoint", "federation",
@@ -175,7 +169,7 @@ ROUTES: tuple[Route, ...] = (
           status_code=204),
     Route("POST", "/api/admin/revocations", "create_revocation",
           "Revoke a token (jti), every earlier token of a subject, or a credential",
-          "tokens", ADMIN, introspection.create_revocation, request_model=RevocationCreate,
+          "tokens", ADMIN, revocations.create_revocation, request_model=RevocationCreate,
           response_model=RevocationOut, status_code=201),
     Route("GET", "/api/admin/audit", "list_audit", "Page through the audit log", "audit",
           ADMIN, audit.list_audit, response_model=Page[AuditEventOut],

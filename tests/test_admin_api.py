@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from control.api import auth
 from control.errors import PROBLEM_MEDIA_TYPE
-from control.identity import auth
 from control.identity.models import Org
 from control.kit.pagination import DEFAULT_LIMIT, MAX_LIMIT, encode_cursor
 from control.kit.routing import Route

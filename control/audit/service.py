@@ -3,17 +3,13 @@ or vanish together."""
 
 from __future__ import annotations
 
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from sqlalchemy import Table, insert
 from sqlalchemy.orm import Session
 
-from control.audit.models import AuditEvent
+from control.audit.repository import INSERT_EVENT
 from control.kit.db import utcnow
-
-# Built once, and of the table rather than the entity: a mint then pays neither the statement's
-# construction nor the ORM's bulk-insert machinery.
-_INSERT_EVENT = insert(cast(Table, AuditEvent.__table__))
 
 
 def record(
@@ -26,7 +22,7 @@ def record(
     detail: dict[str, Any] | None = None,
 ) -> None:
     session.execute(
-        _INSERT_EVENT,
+        INSERT_EVENT,
         {
             "at": utcnow(),
             "actor": actor,
@@ -36,3 +32,37 @@ def record(
             "detail": detail or {},
         },
     )
+
+
+@dataclass(frozen=True)
+class Auditor:
+    """Writes the audit events of one actor in one org, in the caller's transaction: built once
+    per request (or command) from whoever acts, then one call per event."""
+
+    session: Session
+    actor: str
+    org_id: str | None
+
+    @classmethod
+    def of(cls, session: Session, caller: Actor) -> Auditor:
+        return cls(session, caller.principal_id, caller.org_id)
+
+    def record(self, action: str, target: str, detail: dict[str, Any] | None = None) -> None:
+        record(
+            self.session,
+            actor=self.actor,
+            action=action,
+            target=target,
+            org_id=self.org_id,
+            detail=detail,
+        )
+
+
+class Actor(Protocol):
+    """Who acts: a caller, as far as the audit log needs to know it."""
+
+    @property
+    def principal_id(self) -> str: ...
+
+    @property
+    def org_id(self) -> str: ...

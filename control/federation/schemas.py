@@ -3,9 +3,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import Field, StringConstraints
 
-from control.kit.schemas import RequestBody, RoleName
+from control.kit.schemas import RequestBody, ResponseBody, RoleName
 
 IssuerUrl = Annotated[
     str, StringConstraints(pattern=r"^https?://[^\s/?#]+[^\s?#]*$", max_length=500)
@@ -34,7 +34,7 @@ class TrustedIssuerBody(RequestBody):
     algorithms: list[UpstreamAlg] = Field(default_factory=_default_algorithms, min_length=1)
 
 
-class TrustedIssuerOut(BaseModel):
+class TrustedIssuerOut(ResponseBody):
     id: str
     org_id: str
     issuer: str

@@ -12,7 +12,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from control.audit.service import record
+from control.audit.service import Auditor
 from control.errors import Conflict, InvalidRequest, ProblemError, Unauthorized
 from control.federation.models import FederatedIdentity, TrustedIssuer
 from control.federation.network import NetworkPolicy, TargetRefused
@@ -23,13 +23,13 @@ from control.federation.verifier import (
     UpstreamVerifier,
     unverified_issuer,
 )
-from control.identity.auth import Caller
 from control.identity.authority import require_authority
-from control.identity.models import Principal
+from control.identity.caller import Caller, effective_roles
+from control.identity.models import Org, Principal
 from control.kit.db import utcnow
 from control.kit.ids import new_id
+from control.revocations.service import revoke
 from control.settings import Settings
-from control.tokens.revocations import revoke
 from control.views import OrgView
 
 log = logging.getLogger("control.federation")
@@ -120,13 +120,8 @@ def create_trusted_issuer(
     _apply(row, body)
     view.session.add(row)
     view.session.flush()
-    record(
-        view.session,
-        actor=caller.principal_id,
-        action="trusted_issuer.create",
-        target=row.id,
-        org_id=view.org_id,
-        detail={"after": _summary(row)},
+    Auditor(view.session, caller.principal_id, view.org_id).record(
+        "trusted_issuer.create", row.id, {"after": _summary(row)}
     )
     return row
 
@@ -159,13 +154,10 @@ def update_trusted_issuer(
         )
     _apply(row, body)
     view.session.flush()
-    record(
-        view.session,
-        actor=caller.principal_id,
-        action="trusted_issuer.update",
-        target=row.id,
-        org_id=view.org_id,
-        detail={"before": before, "after": _summary(row), "revoked_principals": unlinked},
+    Auditor(view.session, caller.principal_id, view.org_id).record(
+        "trusted_issuer.update",
+        row.id,
+        {"before": before, "after": _summary(row), "revoked_principals": unlinked},
     )
     return row
 
@@ -199,13 +191,8 @@ def delete_trusted_issuer(view: OrgView, caller: Caller, row: TrustedIssuer) -> 
     revoked = _end_links(view, row, "trusted issuer deleted")
     view.session.delete(row)
     view.session.flush()
-    record(
-        view.session,
-        actor=caller.principal_id,
-        action="trusted_issuer.delete",
-        target=row.id,
-        org_id=view.org_id,
-        detail={"before": _summary(row), "revoked_principals": revoked},
+    Auditor(view.session, caller.principal_id, view.org_id).record(
+        "trusted_issuer.delete", row.id, {"before": _summary(row), "revoked_principals": revoked}
     )
 
 
@@ -303,8 +290,16 @@ def caller_for_id_token(session: Session, verified: VerifiedIdToken) -> Caller:
         principal_id=principal.id,
         org_id=principal.org_id,
         kind=principal.kind,
-        roles=frozenset(principal.roles) | _mapped_roles(trusted, verified.claims),
+        roles=effective_roles(
+            set(principal.roles) | _mapped_roles(trusted, verified.claims),
+            operator_org=_is_operator_org(session, trusted.org_id),
+        ),
     )
+
+
+def _is_operator_org(session: Session, org_id: str) -> bool:
+    org = session.get(Org, org_id)
+    return org is not None and org.is_operator
 
 
 def _principal_for(session: Session, trusted: TrustedIssuer, claims: dict[str, Any]) -> Principal:
@@ -341,13 +336,10 @@ def _principal_for(session: Session, trusted: TrustedIssuer, claims: dict[str, A
     except IntegrityError:
         # A concurrent first use created it: use theirs.
         return _principal_for(session, trusted, claims)
-    record(
-        session,
-        actor=principal.id,
-        action="principal.federated_created",
-        target=principal.id,
-        org_id=trusted.org_id,
-        detail={"issuer": trusted.issuer, "trusted_issuer_id": trusted.id, "roles": roles},
+    Auditor(session, principal.id, trusted.org_id).record(
+        "principal.federated_created",
+        principal.id,
+        {"issuer": trusted.issuer, "trusted_issuer_id": trusted.id, "roles": roles},
     )
     return principal
 

@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, StrictBool
 
-from control.kit.schemas import Name, RequestBody, RoleName
+from control.kit.schemas import Name, RequestBody, ResponseBody, RoleName
 
 
 class PrincipalCreate(RequestBody):
@@ -19,7 +19,7 @@ class PrincipalUpdate(RequestBody):
     disabled: StrictBool | None = None  # a JSON boolean: `"false"` is refused, not guessed at
 
 
-class PrincipalOut(BaseModel):
+class PrincipalOut(ResponseBody):
     id: str
     kind: str
     name: str
@@ -40,7 +40,7 @@ class CredentialIssued(BaseModel):
     created_at: datetime
 
 
-class CredentialOut(BaseModel):
+class CredentialOut(ResponseBody):
     id: str
     principal_id: str
     name: str | None

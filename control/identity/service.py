@@ -2,33 +2,37 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from control.audit.service import record
-from control.errors import Conflict, InvalidRequest
-from control.identity.auth import Caller
+from control.audit.service import Auditor
+from control.errors import Conflict, InvalidRequest, Unauthorized
 from control.identity.authority import ADMIN_ROLE, OPERATOR_ROLE, require_authority
+from control.identity.caller import Caller, effective_roles
 from control.identity.models import Credential, Org, Principal
+from control.identity.orgs import bump_policy_rev
+from control.identity.repository import CALLER_BY_KEY_HASH, TOUCH_CREDENTIAL
 from control.identity.schemas import CredentialCreate, PrincipalCreate, PrincipalUpdate
-from control.identity.secrets import DISPLAY_PREFIX_LENGTH, hash_api_key, new_api_key
+from control.identity.secrets import (
+    DISPLAY_PREFIX_LENGTH,
+    hash_api_key,
+    looks_like_api_key,
+    new_api_key,
+)
 from control.kit.db import utcnow
 from control.kit.ids import new_id
 from control.kit.schemas import Name
-from control.tokens.revocations import revoke
+from control.revocations.models import Revocation
+from control.revocations.service import revoke
+from control.views import OrgView
 
 _ORG_NAME: TypeAdapter[str] = TypeAdapter(Name)
 DEFAULT_ROLES = {"user": ["member"], "device": ["member"], "service": ["service"]}
-
-
-def bump_policy_rev(session: Session, org_id: str) -> int:
-    session.execute(update(Org).where(Org.id == org_id).values(policy_rev=Org.policy_rev + 1))
-    return int(session.scalar(select(Org.policy_rev).where(Org.id == org_id)) or 0)
 
 
 def summarize_principal(principal: Principal) -> dict[str, Any]:
@@ -80,13 +84,10 @@ def bootstrap_org(session: Session, pepper: bytes, org_name: str) -> dict[str, s
     session.add(admin)
     session.flush()
     issued, key = _new_credential(session, pepper, admin, name="bootstrap", expires_at=None)
-    record(
-        session,
-        actor="cli",
-        action="org.bootstrap",
-        target=org.id,
-        org_id=org.id,
-        detail={"name": org_name, "admin": admin.id, "operator": first, "credential": issued.id},
+    Auditor(session, "cli", org.id).record(
+        "org.bootstrap",
+        org.id,
+        {"name": org_name, "admin": admin.id, "operator": first, "credential": issued.id},
     )
     return {"org_id": org.id, "principal_id": admin.id, "api_key": key}
 
@@ -105,13 +106,10 @@ def create_principal(session: Session, caller: Caller, body: PrincipalCreate) ->
     session.add(principal)
     session.flush()
     rev = bump_policy_rev(session, caller.org_id)
-    record(
-        session,
-        actor=caller.principal_id,
-        action="principal.create",
-        target=principal.id,
-        org_id=caller.org_id,
-        detail={"after": summarize_principal(principal), "policy_rev": rev},
+    Auditor.of(session, caller).record(
+        "principal.create",
+        principal.id,
+        {"after": summarize_principal(principal), "policy_rev": rev},
     )
     return principal
 
@@ -146,13 +144,10 @@ def update_principal(
             value=principal.id,
             reason="principal narrowed",
         )
-    record(
-        session,
-        actor=caller.principal_id,
-        action="principal.update",
-        target=principal.id,
-        org_id=caller.org_id,
-        detail={"before": before, "after": after, "policy_rev": rev, "revoked": narrowed},
+    Auditor.of(session, caller).record(
+        "principal.update",
+        principal.id,
+        {"before": before, "after": after, "policy_rev": rev, "revoked": narrowed},
     )
     return principal
 
@@ -166,13 +161,8 @@ def delete_principal(session: Session, caller: Caller, principal: Principal) -> 
     session.flush()
     rev = bump_policy_rev(session, caller.org_id)
     revoke(session, org_id=caller.org_id, kind="subject", value=principal.id, reason="deleted")
-    record(
-        session,
-        actor=caller.principal_id,
-        action="principal.delete",
-        target=principal.id,
-        org_id=caller.org_id,
-        detail={"before": before, "policy_rev": rev},
+    Auditor.of(session, caller).record(
+        "principal.delete", principal.id, {"before": before, "policy_rev": rev}
     )
 
 
@@ -207,13 +197,10 @@ def issue_credential(
     credential, key = _new_credential(
         session, pepper, principal, name=body.name, expires_at=expires_at
     )
-    record(
-        session,
-        actor=caller.principal_id,
-        action="credential.create",
-        target=credential.id,
-        org_id=caller.org_id,
-        detail={
+    Auditor.of(session, caller).record(
+        "credential.create",
+        credential.id,
+        {
             "principal_id": principal.id,
             "prefix": credential.prefix,
             "after": summarize_credential(credential),
@@ -241,15 +228,74 @@ def revoke_credential(
         value=credential.principal_id,
         reason=reason or f"credential {credential.id} revoked",
     )
-    record(
-        session,
-        actor=caller.principal_id,
-        action="credential.revoke",
-        target=credential.id,
-        org_id=caller.org_id,
-        detail={
+    Auditor.of(session, caller).record(
+        "credential.revoke",
+        credential.id,
+        {
             "principal_id": credential.principal_id,
             "before": before,
             "after": summarize_credential(credential),
         },
+    )
+
+
+def revoke_tokens(
+    view: OrgView, caller: Caller, kind: str, value: str, reason: str | None
+) -> Revocation:
+    """An admin's revocation of one token (`jti`), every earlier token of a principal
+    (`subject`) or a credential and its principal's tokens (`credential`), in the view's org.
+
+    A `jti` is not looked up: the service keeps no ledger of minted jtis, so another org's jti
+    is recorded in this org and changes nothing for the other (see `control.revocations`).
+    """
+    session = view.session
+    if kind == "credential":
+        credential = view.find(Credential, value)
+        if credential is None:
+            raise InvalidRequest(f"credential {value} is not a credential of this org")
+        revoke_credential(session, caller, credential, reason=reason)
+        return revoke(
+            session, org_id=view.org_id, kind="credential", value=credential.id, reason=reason
+        )
+    if kind == "subject":
+        principal = view.find(Principal, value)
+        if principal is None:
+            raise InvalidRequest(f"subject {value} is not a principal of this org")
+        require_authority_over(caller, principal, "revoke the tokens of")
+    row = revoke(session, org_id=view.org_id, kind=kind, value=value, reason=reason)
+    Auditor(session, caller.principal_id, view.org_id).record(
+        f"revocation.{kind}", value, {"cursor": row.cursor, "reason": reason}
+    )
+    return row
+
+
+# Refresh `last_used_at` at most this often per credential: a write on every request would
+# turn each read into a write.
+LAST_USED_RESOLUTION = timedelta(seconds=60)
+
+
+def caller_for_key(session: Session, pepper: bytes, presented: str) -> Caller:
+    """The caller an API key stands for; 401 for a key that is unknown, revoked, expired or
+    whose principal is disabled, all alike."""
+    if not looks_like_api_key(presented):
+        raise Unauthorized("the credential is not a valid API key", reason="invalid_credential")
+    key_hash = hash_api_key(pepper, presented)
+    row = session.execute(CALLER_BY_KEY_HASH, {"key_hash": key_hash}).one_or_none()
+    # Unknown, revoked, expired and disabled all read the same to the caller.
+    rejected = Unauthorized("the credential is invalid", reason="invalid_credential")
+    if row is None:
+        raise rejected
+    now = utcnow()
+    if row.revoked_at is not None or row.disabled:
+        raise rejected
+    if row.expires_at is not None and row.expires_at <= now:
+        raise rejected
+    if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
+        session.execute(TOUCH_CREDENTIAL, {"credential_id": row.id, "now": now})
+    return Caller(
+        principal_id=row.principal_id,
+        org_id=row.org_id,
+        kind=row.kind,
+        roles=effective_roles(row.roles, operator_org=row.is_operator),
+        credential_id=row.id,
     )

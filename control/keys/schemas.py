@@ -5,6 +5,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from control.kit.schemas import ResponseBody
+
 
 class OpenIDConfiguration(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -34,7 +36,7 @@ class JWKS(BaseModel):
     keys: list[JWK]
 
 
-class KeyInfo(BaseModel):
+class KeyInfo(ResponseBody):
     kid: str
     alg: str
     state: str

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import enum
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
 from control.errors import ERROR_CODES, PROBLEM_MEDIA_TYPE, problem_response
@@ -27,20 +28,20 @@ class Status(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Access:
-    """Who may call a route: nobody needs a credential (`public`), or any of `roles`."""
+    """Who may call a route: nobody needs a credential (`public`), or any of `roles`, presenting
+    one of the credential kinds in `accepts` (names the authentication layer gives meaning)."""
 
     roles: frozenset[str] = frozenset()
     public: bool = False
-    # Also accept an upstream OIDC ID token from a trusted issuer (the token endpoint only).
-    id_tokens: bool = False
+    accepts: frozenset[str] = frozenset({"api_key"})
 
     @classmethod
     def anyone(cls) -> Access:
-        return cls(public=True)
+        return cls(public=True, accepts=frozenset())
 
     @classmethod
-    def role(cls, *roles: str, id_tokens: bool = False) -> Access:
-        return cls(roles=frozenset(roles), id_tokens=id_tokens)
+    def role(cls, *roles: str, accepts: tuple[str, ...] = ("api_key",)) -> Access:
+        return cls(roles=frozenset(roles), accepts=frozenset(accepts))
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,19 @@ class Route:
     @property
     def documented_statuses(self) -> tuple[int, ...]:
         return tuple(sorted({ERROR_CODES[code][0] for code in self.documented_errors}))
+
+
+class TableRoute(APIRoute):
+    """A mounted route that knows its table entry, so a dependency can read the entry's
+    declaration (`request.scope["route"].entry`) without a lookup of its own."""
+
+    entry: Route | None = None
+
+
+def table_entry(scope: Mapping[str, Any]) -> Route | None:
+    """The route-table entry of the request whose ASGI scope this is, once routed."""
+    route = scope.get("route")
+    return route.entry if isinstance(route, TableRoute) else None
 
 
 def _problem_responses(route: Route) -> dict[int | str, dict[str, Any]]:
@@ -163,7 +177,7 @@ def mount_routes(
             continue
         assert route.endpoint is not None
         dependencies = [] if route.access.public else [Depends(guard(route.access))]
-        app.add_api_route(
+        app.router.add_api_route(
             route.path,
             prepare(route.endpoint),
             methods=[route.method],
@@ -174,4 +188,8 @@ def mount_routes(
             status_code=route.status_code,
             responses=_problem_responses(route),
             dependencies=dependencies,
+            route_class_override=TableRoute,
         )
+        mounted = app.router.routes[-1]
+        assert isinstance(mounted, TableRoute)
+        mounted.entry = route

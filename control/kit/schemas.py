@@ -18,3 +18,9 @@ EntityId = Annotated[str, StringConstraints(min_length=1, max_length=40)]
 
 class RequestBody(BaseModel):
     model_config = STRICT
+
+
+class ResponseBody(BaseModel):
+    """A response model read straight off an ORM row, where the shapes match."""
+
+    model_config = ConfigDict(from_attributes=True)

@@ -11,13 +11,12 @@ import threading
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, cast
+from typing import NamedTuple
 
-from sqlalchemy import Table, bindparam, select
-
+from control.errors import ProblemError
 from control.grants import Grant, Op, make_grant, parse_query_set_ref
-from control.identity.models import Org
-from control.policy.models import GrantRule, QuerySet, Stream
+from control.policy.models import GrantRule, QuerySet
+from control.policy.repository import POLICY_REV, STREAMS_BY_ID
 from control.views import OrgView
 
 # Why a stream was not granted (DESIGN.md and `denied` entries).
@@ -28,13 +27,15 @@ OP_NOT_ALLOWED = "op_not_allowed"
 DENIED_BY_RULE = "denied_by_rule"
 
 
-# The reads every mint makes, built once (statement construction costs more than SQLite takes
-# to run them) and run through `OrgView.execute`, which binds `org_id`.
-_orgs, _streams = cast(Table, Org.__table__).c, cast(Table, Stream.__table__).c
-_POLICY_REV = select(_orgs.policy_rev).where(_orgs.id == bindparam("org_id"))
-_STREAMS_BY_ID = select(_streams.id, _streams.kind, _streams.owner_id).where(
-    _streams.org_id == bindparam("org_id"), _streams.id.in_(bindparam("ids", expanding=True))
-)
+def check_stream_cap(streams: Sequence[str], cap: int) -> None:
+    """What a request model cannot check: the configured cap on streams per token (minting and
+    explain alike). The models' patterns already hold every stream id to the grant grammar."""
+    if len(streams) > cap:
+        raise ProblemError(
+            "too_many_streams",
+            f"a token carries at most {cap} streams; {len(streams)} were requested",
+            limit=cap,
+        )
 
 
 class RegisteredStream(NamedTuple):
@@ -178,7 +179,7 @@ def decide(
     stream_ids = list(dict.fromkeys(streams))
     rows = {
         row.id: RegisteredStream(row.id, row.kind, row.owner_id)
-        for row in view.execute(_STREAMS_BY_ID, ids=stream_ids)
+        for row in view.execute(STREAMS_BY_ID, ids=stream_ids)
     }
     return [
         _decide_stream(policy, subject, stream_id, rows.get(stream_id), wanted_sets, wanted_ops)
@@ -276,4 +277,4 @@ def decide_current(
 
 
 def current_policy_rev(view: OrgView) -> int:
-    return int(view.execute(_POLICY_REV).scalar() or 0)
+    return int(view.execute(POLICY_REV).scalar() or 0)

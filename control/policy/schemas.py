@@ -5,10 +5,27 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StrictInt, StringConstraints
 
-from control.grants import QUERY_SET_NAME_PATTERN, STREAM_ID_PATTERN, STREAM_KIND_PATTERN, Op
-from control.kit.schemas import Description, EntityId, PrincipalKind, RequestBody, RoleName
+from control.grants import (
+    QUERY_SET_NAME_PATTERN,
+    QUERY_SET_REF_PATTERN,
+    STREAM_ID_PATTERN,
+    STREAM_KIND_PATTERN,
+    Op,
+)
+from control.kit.schemas import (
+    Description,
+    EntityId,
+    PrincipalKind,
+    RequestBody,
+    ResponseBody,
+    RoleName,
+)
 
+# The grammar in the schema, so the spec tells clients exactly what is accepted.
 StreamIdText = Annotated[str, StringConstraints(pattern=rf"^{STREAM_ID_PATTERN}$")]
+StreamText = StreamIdText
+# A query set named in a request: `name` or `name@version`.
+QuerySetText = Annotated[str, StringConstraints(pattern=rf"^{QUERY_SET_REF_PATTERN}$")]
 StreamKind = Annotated[str, StringConstraints(pattern=rf"^{STREAM_KIND_PATTERN}$")]
 QuerySetName = Annotated[str, StringConstraints(pattern=rf"^{QUERY_SET_NAME_PATTERN}$")]
 QueryText = Annotated[str, StringConstraints(min_length=1, max_length=2000)]
@@ -22,7 +39,7 @@ class StreamCreate(RequestBody):
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=32)
 
 
-class StreamOut(BaseModel):
+class StreamOut(ResponseBody):
     id: str
     kind: str
     org_id: str
@@ -91,3 +108,24 @@ class GrantRuleOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     policy_rev: int
+
+
+class ExplainRequest(RequestBody):
+    principal_id: EntityId
+    streams: list[StreamText] = Field(min_length=1, max_length=1024)
+    query_sets: list[QuerySetText] | None = Field(default=None, max_length=64)
+    ops: list[Op] | None = Field(default=None, max_length=3)
+
+
+class ExplainDecision(BaseModel):
+    stream: str
+    allowed: bool
+    query_sets: list[str]
+    ops: list[str]
+    reason: str | None
+    rule_ids: list[str]
+
+
+class ExplainResponse(BaseModel):
+    policy_rev: int
+    decisions: list[ExplainDecision]

@@ -6,12 +6,12 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from control.audit.service import record
+from control.audit.service import Auditor
 from control.errors import Conflict, InvalidRequest
 from control.grants import GrammarError, parse_stream_id
-from control.identity.auth import Caller
+from control.identity.caller import Caller
 from control.identity.models import Principal
-from control.identity.service import bump_policy_rev
+from control.identity.orgs import bump_policy_rev
 from control.kit.db import utcnow
 from control.kit.ids import new_id
 from control.policy.models import GrantRule, QuerySet, RetiredStreamId, Stream
@@ -24,19 +24,12 @@ from control.policy.schemas import (
     RuleSubjects,
     StreamCreate,
 )
-from control.tokens.revocations import revoke
+from control.revocations.service import revoke
 from control.views import OrgView
 
 
 def _audit(view: OrgView, caller: Caller, action: str, target: str, **detail: Any) -> None:
-    record(
-        view.session,
-        actor=caller.principal_id,
-        action=action,
-        target=target,
-        org_id=view.org_id,
-        detail=detail,
-    )
+    Auditor(view.session, caller.principal_id, view.org_id).record(action, target, detail)
 
 
 # --- streams ------------------------------------------------------------------------------

@@ -1,16 +1,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, StrictBool, StrictInt, StringConstraints
 
-from control.grants import QUERY_SET_REF_PATTERN, STREAM_ID_PATTERN, Op
-from control.kit.schemas import EntityId, RequestBody
+from control.grants import Op
+from control.kit.schemas import RequestBody
+from control.policy.schemas import QuerySetText, StreamText
 
-# The grammar in the schema, so the spec tells clients exactly what is accepted.
-StreamText = Annotated[str, StringConstraints(pattern=rf"^{STREAM_ID_PATTERN}$")]
-QuerySetText = Annotated[str, StringConstraints(pattern=rf"^{QUERY_SET_REF_PATTERN}$")]
 DeviceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._~-]{1,128}$")]
 
 
@@ -54,22 +52,24 @@ class TokenResponse(BaseModel):
     policy_rev: int
 
 
-class ExplainRequest(RequestBody):
-    principal_id: EntityId
-    streams: list[StreamText] = Field(min_length=1, max_length=1024)
-    query_sets: list[QuerySetText] | None = Field(default=None, max_length=64)
-    ops: list[Op] | None = Field(default=None, max_length=3)
+TokenText = Annotated[str, StringConstraints(min_length=1, max_length=20_000)]
 
 
-class ExplainDecision(BaseModel):
-    stream: str
-    allowed: bool
-    query_sets: list[str]
-    ops: list[str]
-    reason: str | None
-    rule_ids: list[str]
+class IntrospectRequest(RequestBody):
+    token: TokenText
+    stream: Annotated[str, StringConstraints(max_length=200)] | None = None
+    query_set: Annotated[str, StringConstraints(max_length=80)] | None = None
+    op: Op | None = None
 
 
-class ExplainResponse(BaseModel):
-    policy_rev: int
-    decisions: list[ExplainDecision]
+class IntrospectResponse(BaseModel):
+    active: bool
+    reason: str | None = Field(default=None, description="why inactive, or why not allowed")
+    sub: str | None = None
+    org_id: str | None = None
+    exp: int | None = None
+    iat: int | None = None
+    jti: str | None = None
+    grants: list[dict[str, Any]] | None = None
+    policy_rev: int | None = None
+    allowed: bool | None = Field(default=None, description="present when a stream was named")

@@ -1,4 +1,8 @@
-"""Minting sync tokens: decide with the policy engine, sign with this replica's active key."""
+"""Minting sync tokens: decide with the policy engine, sign with this replica's active key.
+
+`mint` returns what happened, a `Minted` token or a `Refused` request, both audited in the
+caller's unit of work: a refusal is an answer to commit, not an error to roll back.
+"""
 
 from __future__ import annotations
 
@@ -13,20 +17,26 @@ from typing import Any
 import jwt
 from sqlalchemy.orm import Session
 
-from control.audit.service import record
+from control.audit.service import Auditor
 from control.errors import Forbidden, InvalidRequest, ProblemError
 from control.grants import (
     TOKEN_USE,
     Op,
     scope_for,
 )
-from control.identity.auth import Caller
-from control.policy.engine import Decision, Subject, decide_current
+from control.identity.caller import Caller
+from control.keys.service import KeySnapshot
+from control.policy.engine import (
+    Decision,
+    PolicyCache,
+    Subject,
+    check_stream_cap,
+    decide_current,
+)
+from control.revocations.service import subject_not_before
 from control.settings import Settings
-from control.state import AppState
-from control.tokens.spacetime_identity import spacetimedb_identity
-from control.tokens.revocations import subject_not_before
 from control.tokens.schemas import Denial, GrantOut, TokenRequest, TokenResponse
+from control.tokens.spacetime_identity import spacetimedb_identity
 from control.views import OrgView
 
 # Refresh at about 80 % of the TTL, spread by ±5 % so a fleet does not refresh in lockstep.
@@ -36,32 +46,25 @@ REFRESH_JITTER = 0.05
 PRINCIPAL_ID = re.compile(r"prn_[0-9A-Z]{26}")
 
 
-class StreamsNotGranted(ProblemError):
-    def __init__(self, denied: list[Denial]) -> None:
-        names = ", ".join(f"{d.stream} ({d.reason})" for d in denied[:5])
-        super().__init__(
-            "stream_not_granted",
-            f"not granted: {names}" + (" …" if len(denied) > 5 else ""),
-            denied=[d.model_dump() for d in denied],
-        )
-
-
-def check_stream_cap(streams: list[str], settings: Settings) -> None:
-    """What the request model cannot check: the configured cap on streams per token. (The
-    model's patterns already hold every stream id and query-set ref to the grant grammar.)"""
-    if len(streams) > settings.max_streams_per_token:
-        raise ProblemError(
-            "too_many_streams",
-            f"a token carries at most {settings.max_streams_per_token} streams; "
-            f"{len(streams)} were requested",
-            limit=settings.max_streams_per_token,
-        )
-
-
 @dataclass(frozen=True)
 class Minted:
     response: TokenResponse
     claims: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Refused:
+    """Streams were not granted and the request did not accept a partial token."""
+
+    denied: list[Denial]
+
+    def problem(self) -> ProblemError:
+        names = ", ".join(f"{d.stream} ({d.reason})" for d in self.denied[:5])
+        return ProblemError(
+            "stream_not_granted",
+            f"not granted: {names}" + (" …" if len(self.denied) > 5 else ""),
+            denied=[d.model_dump() for d in self.denied],
+        )
 
 
 def _timestamp(epoch: int) -> datetime:
@@ -69,11 +72,17 @@ def _timestamp(epoch: int) -> datetime:
 
 
 def mint(
-    state: AppState, session: Session, caller: Caller, body: TokenRequest, *, actor: str
-) -> Minted:
-    """Decide and sign. Raises `StreamsNotGranted` (after auditing the denial) when strict."""
-    settings = state.settings
-    check_stream_cap(body.streams, settings)
+    session: Session,
+    caller: Caller,
+    body: TokenRequest,
+    *,
+    settings: Settings,
+    keys: KeySnapshot,
+    policies: PolicyCache,
+    actor: str,
+) -> Minted | Refused:
+    """Decide and sign; or, when a stream is not granted and the request is strict, refuse."""
+    check_stream_cap(body.streams, settings.max_streams_per_token)
     ttl = body.ttl_seconds if body.ttl_seconds is not None else settings.token_ttl_default_seconds
     if not settings.token_ttl_min_seconds <= ttl <= settings.token_ttl_max_seconds:
         raise InvalidRequest(
@@ -93,7 +102,7 @@ def mint(
     view = OrgView(session, caller.org_id)
     subject = Subject(caller.principal_id, caller.kind, caller.roles)
     policy_rev, decisions = decide_current(
-        view, state.policies, subject, body.streams, body.query_sets, body.ops
+        view, policies, subject, body.streams, body.query_sets, body.ops
     )
     granted = [d for d in decisions if d.allowed]
     denied = [
@@ -102,24 +111,22 @@ def mint(
         if not d.allowed
     ]
     if denied and (not body.allow_partial or not granted):
-        record(
-            session,
-            actor=actor,
-            action="token.denied",
-            target=caller.principal_id,
-            org_id=caller.org_id,
-            detail={
+        Auditor(session, actor, caller.org_id).record(
+            "token.denied",
+            caller.principal_id,
+            {
                 "denied": [d.model_dump() for d in denied],
                 "requested": len(decisions),
                 "policy_rev": policy_rev,
             },
         )
-        raise StreamsNotGranted(denied)
-    return _sign(state, session, caller, body, granted, denied, ttl, policy_rev, actor)
+        return Refused(denied)
+    return _sign(settings, keys, session, caller, body, granted, denied, ttl, policy_rev, actor)
 
 
 def _sign(
-    state: AppState,
+    settings: Settings,
+    keys: KeySnapshot,
     session: Session,
     caller: Caller,
     body: TokenRequest,
@@ -129,11 +136,10 @@ def _sign(
     policy_rev: int,
     actor: str,
 ) -> Minted:
-    settings = state.settings
     ttl = min([ttl, *(d.max_ttl_seconds for d in granted if d.max_ttl_seconds is not None)])
     iat = math.floor(datetime.now(UTC).timestamp())
     # A subject revoked earlier in this second: stamp the revocation's second, or the new token
-    # would read as issued before the revocation (see control.tokens.revocations).
+    # would read as issued before the revocation (see control.revocations.service).
     floor = subject_not_before(OrgView(session, caller.org_id), caller.principal_id)
     if floor is not None and iat < floor <= iat + 1:
         iat = floor
@@ -157,18 +163,15 @@ def _sign(
     }
     if body.device_id is not None:
         claims["sid"] = body.device_id
-    active = state.keyring.snapshot.active
+    active = keys.active
     token = jwt.encode(
         claims, active.private_key, algorithm=active.alg, headers={"kid": active.kid}
     )
     refresh_fraction = REFRESH_FRACTION + random.uniform(-REFRESH_JITTER, REFRESH_JITTER)
-    record(
-        session,
-        actor=actor,
-        action="token.mint",
-        target=caller.principal_id,
-        org_id=caller.org_id,
-        detail={
+    Auditor(session, actor, caller.org_id).record(
+        "token.mint",
+        caller.principal_id,
+        {
             "jti": jti,
             "kid": active.kid,
             "exp": exp,

@@ -1,15 +1,21 @@
+"""Streams, query sets, grant rules and explain."""
+
 from __future__ import annotations
 
 from fastapi import Response
 
+from control.api.auth import CallerDep, ViewDep
+from control.api.deps import StateDep
 from control.errors import NotFound
 from control.grants import is_query_set_name
-from control.identity.auth import CallerDep, ViewDep
 from control.kit.pagination import Page, PageDep
 from control.policy import service
 from control.policy.engine import current_policy_rev
+from control.policy.explain import explain as explain_decisions
 from control.policy.models import GrantRule, QuerySet, Stream
 from control.policy.schemas import (
+    ExplainRequest,
+    ExplainResponse,
     GrantRuleCreate,
     GrantRuleOut,
     QuerySetCreate,
@@ -20,28 +26,17 @@ from control.policy.schemas import (
 )
 
 
-def stream_out(row: Stream) -> StreamOut:
-    return StreamOut(
-        id=row.id,
-        kind=row.kind,
-        org_id=row.org_id,
-        owner_id=row.owner_id,
-        labels=dict(row.labels or {}),
-        created_at=row.created_at,
-    )
-
-
 def register_stream(body: StreamCreate, view: ViewDep, caller: CallerDep) -> StreamOut:
-    return stream_out(service.register_stream(view, caller, body))
+    return StreamOut.model_validate(service.register_stream(view, caller, body))
 
 
 def list_streams(view: ViewDep, page: PageDep) -> Page[StreamOut]:
     rows, cursor = view.page(Stream, page, Stream.id)
-    return Page(items=[stream_out(row) for row in rows], next_cursor=cursor)
+    return Page(items=[StreamOut.model_validate(row) for row in rows], next_cursor=cursor)
 
 
 def get_stream(stream_id: str, view: ViewDep) -> StreamOut:
-    return stream_out(view.get(Stream, stream_id, "stream"))
+    return StreamOut.model_validate(view.get(Stream, stream_id, "stream"))
 
 
 def delete_stream(stream_id: str, view: ViewDep, caller: CallerDep) -> Response:
@@ -137,3 +132,7 @@ def update_rule(
 def delete_rule(rule_id: str, view: ViewDep, caller: CallerDep) -> Response:
     service.delete_rule(view, caller, view.get(GrantRule, rule_id, "grant rule"))
     return Response(status_code=204)
+
+
+def explain(body: ExplainRequest, view: ViewDep, state: StateDep) -> ExplainResponse:
+    return explain_decisions(view, state.policies, body, state.settings.max_streams_per_token)

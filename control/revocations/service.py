@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from typing import cast
 
-from sqlalchemy import Table, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from control.kit import locks
 from control.kit.db import utcnow
-from control.tokens.models import Revocation
+from control.revocations.models import Revocation
+from control.revocations.repository import JTI_REVOKED, SUBJECT_NOT_BEFORE
 from control.views import OrgView
 
 KINDS = ("jti", "subject", "credential")
@@ -50,27 +49,9 @@ def revoke(
     return row
 
 
-# Built once: every mint reads it.
-_revocations = cast(Table, Revocation.__table__).c
-_SUBJECT_NOT_BEFORE = select(func.max(_revocations.not_before)).where(
-    _revocations.org_id == bindparam("org_id"),
-    _revocations.kind == "subject",
-    _revocations.value == bindparam("subject"),
-)
-_JTI_REVOKED = (
-    select(_revocations.cursor)
-    .where(
-        _revocations.org_id == bindparam("org_id"),
-        _revocations.kind == "jti",
-        _revocations.value == bindparam("jti"),
-    )
-    .limit(1)
-)
-
-
 def subject_not_before(view: OrgView, subject: str) -> int | None:
     """The latest `not_before` (epoch seconds) of the subject's revocations in the view's org."""
-    latest = view.execute(_SUBJECT_NOT_BEFORE, subject=subject).scalar()
+    latest = view.execute(SUBJECT_NOT_BEFORE, subject=subject).scalar()
     if latest is None:
         return None
     if latest.tzinfo is None:  # SQLite's aggregate bypasses the column type
@@ -80,9 +61,22 @@ def subject_not_before(view: OrgView, subject: str) -> int | None:
 
 def revocation_reason(view: OrgView, *, jti: str, subject: str, iat: int) -> str | None:
     """Why the view's org's token with these claims is revoked, or None when it is not."""
-    if view.execute(_JTI_REVOKED, jti=jti).scalar() is not None:
+    if view.execute(JTI_REVOKED, jti=jti).scalar() is not None:
         return "revoked"
     not_before = subject_not_before(view, subject)
     if not_before is not None and iat < not_before:
         return "revoked"
     return None
+
+
+def feed(view: OrgView, after: int, limit: int) -> tuple[list[Revocation], int]:
+    """The view's org's revocations after cursor `after`, in order, and where to resume."""
+    rows = list(
+        view.session.scalars(
+            view.select(Revocation)
+            .where(Revocation.cursor > after)
+            .order_by(Revocation.cursor)
+            .limit(limit)
+        )
+    )
+    return rows, rows[-1].cursor if rows else after

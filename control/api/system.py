@@ -1,3 +1,5 @@
+"""Liveness, readiness and the spec."""
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -7,8 +9,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import text
 
-from control.deps import StateDep
+from control.api.deps import StateDep
 from control.errors import Unavailable
+from control.kit.openapi import build_openapi
 
 
 class Health(BaseModel):
@@ -37,8 +40,6 @@ def readyz(state: StateDep) -> Readiness:
 
 
 def openapi_document(request: Request) -> JSONResponse:
-    from control.app import build_openapi  # the app module imports this one
-
     return JSONResponse(build_openapi(request.app))
 
 

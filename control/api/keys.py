@@ -5,9 +5,9 @@ import hashlib
 from fastapi import Request, Response
 from sqlalchemy import select
 
-from control.audit.service import record
-from control.deps import SessionDep, StateDep
-from control.identity.auth import CallerDep
+from control.api.auth import CallerDep
+from control.api.deps import SessionDep, StateDep
+from control.audit.service import Auditor
 from control.keys import service
 from control.keys.models import SigningKey
 from control.keys.schemas import KeyInfo, KeyList, OpenIDConfiguration, RotationResult
@@ -53,19 +53,7 @@ def jwks(request: Request, state: StateDep) -> Response:
 
 def _key_infos(session: SessionDep) -> list[KeyInfo]:
     rows = session.scalars(select(SigningKey).order_by(SigningKey.created_at, SigningKey.kid))
-    return [
-        KeyInfo(
-            kid=row.kid,
-            alg=row.alg,
-            state=row.state,
-            created_at=row.created_at,
-            activated_at=row.activated_at,
-            retiring_at=row.retiring_at,
-            retired_at=row.retired_at,
-            public_jwk=row.public_jwk,
-        )
-        for row in rows
-    ]
+    return [KeyInfo.model_validate(row) for row in rows]
 
 
 def list_keys(session: SessionDep) -> KeyList:
@@ -74,12 +62,5 @@ def list_keys(session: SessionDep) -> KeyList:
 
 def rotate_keys(session: SessionDep, state: StateDep, caller: CallerDep) -> RotationResult:
     result = service.rotate(session, state.settings, state.keyring.cipher)
-    record(
-        session,
-        actor=caller.principal_id,
-        action="keys.rotate",
-        target=result["active"],
-        org_id=caller.org_id,
-        detail=result,
-    )
+    Auditor.of(session, caller).record("keys.rotate", result["active"], result)
     return RotationResult(**result, items=_key_infos(session))

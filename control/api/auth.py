@@ -1,0 +1,98 @@
+"""Authentication: the one place a request's credential becomes a `Caller`.
+
+A route's access declaration (`control.kit.routing.Access`) says which roles may call it and
+whether an upstream OIDC ID token from a trusted issuer is accepted beside an API key (the token
+endpoint only). `guard_for(access)` is the dependency the route table attaches; endpoints that
+need the caller take `CallerDep`, which FastAPI resolves once per request, so the credential is
+looked up once however many dependencies ask for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
+
+from control.api.deps import SessionDep, StateDep
+from control.errors import Forbidden, Unauthorized
+from control.federation.service import (
+    VerifiedIdToken,
+    caller_for_id_token,
+    looks_like_jwt,
+    verify_id_token,
+)
+from control.identity.caller import Caller
+from control.identity.service import caller_for_key
+from control.kit.routing import Access, table_entry
+from control.views import OrgView
+
+bearer_scheme = HTTPBearer(auto_error=False, description="An API key (`ctl_…`).")
+
+# The credential kinds a route's `Access.accepts` may name.
+API_KEY, ID_TOKEN = "api_key", "id_token"
+
+BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
+
+
+def caller_for_api_key(
+    state: StateDep, session: SessionDep, credentials: BearerCredentials
+) -> Caller:
+    if credentials is None:
+        raise Unauthorized("an `Authorization: Bearer` credential is required")
+    return caller_for_key(session, state.credential_pepper, credentials.credentials)
+
+
+async def verified_id_token(
+    request: Request, state: StateDep, credentials: BearerCredentials
+) -> VerifiedIdToken | None:
+    """A presented ID token, verified before the unit of work opens (`verify_id_token` says
+    why); None for any other credential, or on a route that does not take ID tokens, without a
+    thread hop."""
+    entry = table_entry(request.scope)
+    if entry is None or ID_TOKEN not in entry.access.accepts:
+        return None
+    if credentials is None or not looks_like_jwt(credentials.credentials):
+        return None
+    return await run_in_threadpool(
+        verify_id_token, state.sessions, state.upstream, credentials.credentials, state.settings
+    )
+
+
+def authenticate(
+    state: StateDep,
+    # Before `session`: dependencies resolve in this order, and the session's SQLite request
+    # lock must not be held while an identity provider answers.
+    id_token: Annotated[VerifiedIdToken | None, Depends(verified_id_token)],
+    session: SessionDep,
+    credentials: BearerCredentials,
+) -> Caller:
+    """The caller of this request: the principal of its ID token (on routes that take them) or
+    of its API key."""
+    if id_token is not None:
+        return caller_for_id_token(session, id_token)
+    return caller_for_api_key(state, session, credentials)
+
+
+CallerDep = Annotated[Caller, Depends(authenticate)]
+
+
+def guard_for(access: Access) -> Callable[[Caller], Coroutine[Any, Any, None]]:
+    """The dependency the route table attaches to a protected route."""
+
+    async def guard(caller: CallerDep) -> None:
+        if not caller.has_any(access.roles):
+            needed = " or ".join(sorted(access.roles))
+            raise Forbidden(f"this route needs the {needed} role")
+
+    return guard
+
+
+async def org_view(session: SessionDep, caller: CallerDep) -> OrgView:
+    """The caller's view of org-owned rows (see `control.views`)."""
+    return OrgView(session, caller.org_id)
+
+
+ViewDep = Annotated[OrgView, Depends(org_view)]
