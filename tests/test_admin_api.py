@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from control.api import auth
 from control.errors import PROBLEM_MEDIA_TYPE
+from control.identity import service as identity_service
 from control.identity.models import Org
 from control.kit.pagination import DEFAULT_LIMIT, MAX_LIMIT, encode_cursor
 from control.kit.routing import Route
@@ -198,7 +198,7 @@ def test_credential_last_used_at(org_a: OrgFixture, monkeypatch: pytest.MonkeyPa
     assert api.get("/api/admin/streams").status_code == 200
     assert last_used() == first  # refreshed at most once a minute, not on every request
     later = datetime.now(UTC) + timedelta(minutes=5)
-    monkeypatch.setattr(auth, "utcnow", lambda: later)
+    monkeypatch.setattr(identity_service, "utcnow", lambda: later)
     assert api.get("/api/admin/streams").status_code == 200
     assert last_used() == later
 
@@ -211,7 +211,7 @@ def test_expired_credential_is_401(org_a: OrgFixture, monkeypatch: pytest.Monkey
     assert api.get("/api/admin/principals").status_code == 200
     (listed,) = all_items(org_a.admin, f"/api/admin/principals/{alice['id']}/credentials")
     assert datetime.fromisoformat(listed["expires_at"]) == expires
-    monkeypatch.setattr(auth, "utcnow", lambda: expires + timedelta(seconds=1))
+    monkeypatch.setattr(identity_service, "utcnow", lambda: expires + timedelta(seconds=1))
     response = api.get("/api/admin/principals")
     problem(response, 401, "unauthorized")
     assert response.headers["www-authenticate"].startswith("Bearer")
