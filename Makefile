@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint typecheck imports-check migrations-check openapi-check pytest module-test bench soak clean
+.PHONY: run test install lint typecheck imports-check migrations-check openapi-check pytest module-test clients-test bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,10 +15,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The dev issuer follows PORT, so tokens name where the service really is (unless CONTROL_ISSUER
+# says otherwise).
+PORT ?= 8080
 run: install
-	$(BIN)/control serve --host 127.0.0.1 --port 8080
+	CONTROL_ISSUER="$${CONTROL_ISSUER:-http://127.0.0.1:$(PORT)}" $(BIN)/control serve --host 127.0.0.1 --port $(PORT)
 
-test: install lint typecheck imports-check migrations-check openapi-check module-test pytest
+test: install lint typecheck imports-check migrations-check openapi-check module-test clients-test pytest
 
 lint: install
 	$(BIN)/ruff format --check .
@@ -40,13 +43,21 @@ openapi-check: install
 module-test:
 	@bash scripts/module_test.sh
 
-# Workers for pytest-xdist: much of the suite waits on real servers, subprocesses and
-# PostgreSQL, so two workers keep both of this machine's cores busy. `PYTEST_WORKERS=0` runs
-# in one process.
+# The TypeScript client: its tests run a real `control serve` from the virtualenv.
+clients-test: install
+	@bash scripts/clients_test.sh
+
+# pytest-xdist workers: two keep both cores of the reference machine busy (the suite is mostly
+# CPU: the app, the fuzzer, CLI subprocesses); `PYTEST_WORKERS=0` runs in one process.
+# `loadgroup`: tests sharing a module's real server stay on one worker (see tests/conftest.py).
+# Coverage data goes to a directory of this run's own: several runs in one checkout would
+# otherwise erase and combine each other's worker and subprocess data files.
 PYTEST_WORKERS ?= 2
 
 pytest: install
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --cov=control --cov-report=term $(PYTEST_ARGS)
+	data=$$(mktemp -d); trap 'rm -rf "$$data"' EXIT; \
+	COVERAGE_FILE="$$data/.coverage" $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup \
+		--cov=control --cov-report=term $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python bench/mint.py

@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.pg import postgres_available, scratch_database  # noqa: E402
-from tests.server import Server, running_server  # noqa: E402
+from harness.pg import postgres_available, scratch_database  # noqa: E402
+from harness.server import Server, running_server  # noqa: E402
 
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 QUERY_SET = "run_events"

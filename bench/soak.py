@@ -31,7 +31,6 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,13 +42,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# tests.factories imports FastAPI's test client, which warns about httpx; not our concern here.
-warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
-
 from control.runtime import GrantVerifier, TokenRejected  # noqa: E402
-from tests.factories import Api, OrgFixture  # noqa: E402
-from tests.pg import postgres_available, scratch_database  # noqa: E402
-from tests.server import Server, running_server  # noqa: E402
+from harness.api import Api, OrgFixture  # noqa: E402
+from harness.pg import postgres_available, scratch_database  # noqa: E402
+from harness.server import Server, running_server  # noqa: E402
 
 MAX_SECONDS = 900  # tokens live 300 s and retiring keys stay published 930 s: all verifiable
 MAX_CLIENTS = 16

@@ -17,8 +17,10 @@ from control.keys.service import ensure_keys
 from control.kit.db import unit_of_work
 from control.kit.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from control.kit.openapi import build_openapi
-from control.kit.routing import mount_routes
-from control.routes import ROUTES
+from control.kit.routing import Status, mount_routes
+from control.observability import metrics, tracing
+from control.observability.middleware import ObservabilityMiddleware
+from control.routes import ROUTES, TOKEN_ROUTE
 from control.settings import Settings
 from control.state import AppState
 
@@ -29,6 +31,10 @@ API_DESCRIPTION = (
     "Control plane for a SpacetimeDB-first sync fabric: short-lived sync tokens carrying "
     "stream / query-set grants, OIDC discovery and JWKS, and the grant policy behind them."
 )
+# The token endpoint's operation ids: their answers are counted as mints and denials.
+TOKEN_OPERATIONS = tuple(
+    r.operation_id for r in ROUTES if r.path == TOKEN_ROUTE and r.status is Status.ACTIVE
+)
 
 
 async def _refresh_keys_forever(state: AppState) -> None:
@@ -37,6 +43,7 @@ async def _refresh_keys_forever(state: AppState) -> None:
         await asyncio.sleep(state.settings.key_refresh_seconds)
         try:
             await asyncio.to_thread(state.keyring.refresh, state.sessions)
+            metrics.pool_status(state.engine.pool)  # each worker's share, between scrapes
         except Exception:  # keep serving with the last good snapshot; say so loudly
             log.exception("signing key refresh failed; serving the previous key snapshot")
 
@@ -65,11 +72,18 @@ def create_app(
         own_state = state is None
         current = state if state is not None else AppState.build(settings)
         app.state.control = current
+        current.keys_refreshing = background
+        tracing.instrument_engine(current.engine)
         await asyncio.to_thread(prepare, current)
         task = asyncio.create_task(_refresh_keys_forever(current)) if background else None
+        beats = asyncio.create_task(current.heartbeat_forever()) if background else None
         try:
             yield
         finally:
+            if beats is not None:  # says goodbye: the other replicas take its rate share
+                beats.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await beats
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -85,11 +99,17 @@ def create_app(
         openapi_url=None,  # served by the table's own route, identical to the committed spec
         docs_url=None,
         redoc_url=None,
+        redirect_slashes=False,  # a trailing slash is another path: 404, never an empty 307
     )
+    app.state.keys_refreshing = background  # readiness judges the key ring's age only then
+    metrics.set_enabled(settings.metrics_enabled)
     install_error_handlers(app)
     mount_routes(app, ROUTES, guard_for, prepare=commit_on_its_thread)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ObservabilityMiddleware, token_routes=TOKEN_OPERATIONS)
     app.add_middleware(RequestIdMiddleware)
+    if tracing.configure():  # only when the OTEL_* environment asks for traces
+        tracing.instrument_app(app)
     return app
 
 

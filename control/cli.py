@@ -34,9 +34,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from control.app import create_app, prepare
     from control.migrate import upgrade
+    from control.observability.logs import configure as configure_logging
     from control.state import AppState
 
     settings = _settings()
+    configure_logging(settings.log_format, settings.log_level)
     # Secrets first: a configuration that cannot run the service must not migrate a database.
     settings.key_encryption_key_bytes()
     settings.credential_pepper_bytes()
@@ -56,7 +58,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         log_level=settings.log_level.lower(),
-        access_log=False,
+        # JSON: uvicorn's own lines go through the root handler too, one object per line.
+        log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
+        access_log=False,  # `control.access` logs each request, by route, never the raw path
     )
     return 0
 
@@ -180,6 +184,181 @@ def cmd_token_mint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _org_caller(session: Any, org: str) -> Any:
+    """The command line acting in `org` (its id or name): trusted with the authority of the
+    database it holds, recorded in the audit log as `cli`."""
+    from sqlalchemy import or_, select
+
+    from control.errors import NotFound
+    from control.identity.authority import ADMIN_ROLE, OPERATOR_ROLE
+    from control.identity.caller import Caller, effective_roles
+    from control.identity.models import Org
+
+    row = session.scalar(select(Org).where(or_(Org.id == org, Org.name == org)))
+    if row is None:
+        raise NotFound(f"org {org!r}")
+    roles = effective_roles([ADMIN_ROLE, OPERATOR_ROLE], operator_org=row.is_operator)
+    return Caller(principal_id="cli", org_id=row.id, kind="service", roles=roles)
+
+
+def cmd_policy_export(args: argparse.Namespace) -> int:
+    from control.kit.db import make_engine, make_sessionmaker, unit_of_work
+    from control.policyfile.service import export
+    from control.views import OrgView
+
+    settings = _settings()
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        with unit_of_work(make_sessionmaker(engine)) as session:
+            caller = _org_caller(session, args.org)
+            document = export(OrgView(session, caller.org_id)).model_dump(mode="json")
+    finally:
+        engine.dispose()
+    if args.format == "json":
+        print(json.dumps(document, indent=2))
+    else:
+        import yaml
+
+        print(yaml.safe_dump(document, sort_keys=False, allow_unicode=True), end="")
+    return 0
+
+
+def cmd_policy_apply(args: argparse.Namespace) -> int:
+    from control.kit.db import make_engine, make_sessionmaker, unit_of_work
+    from control.policyfile.service import apply, parse_document
+    from control.views import OrgView
+
+    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    document = parse_document(text)
+    settings = _settings()
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        with unit_of_work(make_sessionmaker(engine)) as session:
+            caller = _org_caller(session, args.org)
+            result = apply(
+                OrgView(session, caller.org_id), caller, document, settings, dry_run=args.dry_run
+            )
+    finally:
+        engine.dispose()
+    verb = "would" if result.dry_run else "did"
+    for change in result.changes:
+        detail = f" ({change.detail})" if change.detail else ""
+        print(f"{change.op:<6} {change.kind:<14} {change.key}{detail}")
+    if not result.changes:
+        print("no changes: the org already matches the document")
+    if result.revoked_subjects:
+        print(
+            f"{verb} revoke the tokens of {len(result.revoked_subjects)} principal(s): "
+            + ", ".join(result.revoked_subjects)
+        )
+    print(
+        f"policy_rev {result.policy_rev}"
+        + (" (dry run: nothing changed)" if result.dry_run else "")
+    )
+    return 0
+
+
+DEMO_STREAM = "run:demo-1"
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """A first policy in one command: an org with a query set, a stream, a grant rule, a user
+    and a service with keys, and the requests to try them."""
+    from sqlalchemy import select
+
+    from control.errors import Conflict
+    from control.identity import service as identity
+    from control.identity.models import Org
+    from control.identity.schemas import CredentialCreate, PrincipalCreate
+    from control.kit.db import make_engine, make_sessionmaker, unit_of_work
+    from control.policyfile.schemas import PolicyDocument
+    from control.policyfile.service import apply
+    from control.views import OrgView
+
+    settings = _settings()
+    pepper = settings.credential_pepper_bytes()
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        with unit_of_work(make_sessionmaker(engine)) as session:
+            if session.scalar(select(Org.id).where(Org.name == args.org)) is not None:
+                raise Conflict(f"an org named {args.org!r} exists; name another with --org")
+            org = identity.bootstrap_org(session, pepper, args.org)
+            caller = _org_caller(session, org["org_id"])
+            ada = identity.create_principal(
+                session, caller, PrincipalCreate(kind="user", name="ada")
+            )
+            runtime = identity.create_principal(
+                session, caller, PrincipalCreate(kind="service", name="runtime")
+            )
+            _, member_key = identity.issue_credential(
+                session, pepper, caller, ada, CredentialCreate(name="demo")
+            )
+            _, service_key = identity.issue_credential(
+                session, pepper, caller, runtime, CredentialCreate(name="demo")
+            )
+            document = PolicyDocument.model_validate(
+                {
+                    "query_sets": [
+                        {
+                            "name": "run_events",
+                            "stream_kinds": ["run"],
+                            "queries": [
+                                "SELECT * FROM run_event_view",
+                                "SELECT * FROM run_checkpoint_view",
+                            ],
+                            "description": "a run's events and checkpoints",
+                        }
+                    ],
+                    "streams": [{"id": DEMO_STREAM, "owner_id": ada.id}],
+                    "grant_rules": [
+                        {
+                            "effect": "allow",
+                            "subjects": {"roles": ["member"]},
+                            "streams": {"kind": "run", "relation": "org"},
+                            "query_sets": ["run_events"],
+                            "ops": ["subscribe"],
+                            "description": "members read every run of the org",
+                        }
+                    ],
+                }
+            )
+            apply(OrgView(session, org["org_id"]), caller, document, settings, dry_run=False)
+    finally:
+        engine.dispose()
+    base = (args.base_url or settings.issuer).rstrip("/")
+    values = {
+        "BASE": base,
+        "ADMIN": org["api_key"],
+        "MEMBER": member_key,
+        "SERVICE": service_key,
+        "ADA": ada.id,
+        "STREAM": DEMO_STREAM,
+    }
+    if args.shell:
+        for name, value in values.items():
+            print(f"export {name}='{value}'")
+        return 0
+    print(f"org {args.org} ({org['org_id']}): admin key, user ada (member), service runtime\n")
+    for name, value in values.items():
+        print(f"export {name}='{value}'")
+    json_header = "-H 'Content-Type: application/json'"
+    print(
+        "\n# mint a sync token for ada\n"
+        f'curl -s -X POST $BASE/api/sync/token -H "Authorization: Bearer $MEMBER" {json_header} '
+        """-d '{"streams": ["'$STREAM'"]}'\n"""
+        "\n# explain what a mint for ada would decide\n"
+        f'curl -s -X POST $BASE/api/admin/explain -H "Authorization: Bearer $ADMIN" {json_header} '
+        """-d '{"principal_id": "'$ADA'", "streams": ["'$STREAM'"]}'\n"""
+        "\n# introspect a token (the runtime's view)\n"
+        f'curl -s -X POST $BASE/api/sync/introspect -H "Authorization: Bearer $SERVICE" '
+        f"""{json_header} -d '{{"token": "'$TOKEN'"}}'\n"""
+        "\n# revoke every token ada holds\n"
+        f'curl -s -X POST $BASE/api/admin/revocations -H "Authorization: Bearer $ADMIN" '
+        f"""{json_header} -d '{{"kind": "subject", "value": "'$ADA'"}}'"""
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="control", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -220,6 +399,25 @@ def build_parser() -> argparse.ArgumentParser:
     token_mint.add_argument("--ttl", type=int)
     token_mint.add_argument("--allow-partial", action="store_true")
     token_mint.set_defaults(handler=cmd_token_mint)
+
+    demo = commands.add_parser("demo", help="create an example org, policy, user and service")
+    demo.add_argument("--org", default="demo", help="the new org's name (default: demo)")
+    demo.add_argument("--base-url", help="where the service listens (default: the issuer)")
+    demo.add_argument("--shell", action="store_true", help="print only `export` lines")
+    demo.set_defaults(handler=cmd_demo)
+
+    policy = commands.add_parser("policy", help="grant policy as code").add_subparsers(
+        required=True
+    )
+    export = policy.add_parser("export", help="write an org's policy as one document")
+    export.add_argument("--org", required=True, help="the org's id or name")
+    export.add_argument("--format", choices=["yaml", "json"], default="yaml")
+    export.set_defaults(handler=cmd_policy_export)
+    apply = policy.add_parser("apply", help="make an org's policy match a document")
+    apply.add_argument("--org", required=True, help="the org's id or name")
+    apply.add_argument("--dry-run", action="store_true", help="show the changes; make none")
+    apply.add_argument("file", help="the document (YAML or JSON); - reads stdin")
+    apply.set_defaults(handler=cmd_policy_apply)
     return parser
 
 
@@ -244,8 +442,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, KeyDecryptionError):
             print(f"control: {exc}", file=sys.stderr)
             return 1
-        raise
+        return _report(exc)
     return code
+
+
+def _report(exc: Exception) -> int:
+    """One line per problem for what a user can cause; anything else is a bug to show whole."""
+    from pydantic import ValidationError
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    if isinstance(exc, ValidationError):
+        for error in exc.errors(include_input=False, include_url=False):
+            where = ".".join(str(part) for part in error["loc"]) or "input"
+            print(f"control: invalid_request: {where}: {error['msg']}", file=sys.stderr)
+        return 1
+    if isinstance(exc, ValueError | OSError):
+        print(f"control: {exc}", file=sys.stderr)
+        return 1
+    if isinstance(exc, OperationalError | ProgrammingError):
+        text = str(exc.orig).lower()
+        if "no such table" in text or ("relation" in text and "does not exist" in text):
+            print(
+                "control: the database has no schema yet (or an old one): run `control db upgrade`",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"control: the database refused: {type(exc.orig).__name__}", file=sys.stderr)
+        return 1
+    raise exc
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from control.sdk.client import (
     StreamsDenied,
     SyncToken,
     SyncTokenSource,
+    TokenExpired,
     TokenSourceError,
 )
 
@@ -23,5 +24,6 @@ __all__ = [
     "StreamsDenied",
     "SyncToken",
     "SyncTokenSource",
+    "TokenExpired",
     "TokenSourceError",
 ]

@@ -39,6 +39,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "rate_limited": (429, "Rate limited"),
     "unavailable": (503, "Service unavailable"),
     "issuer_unavailable": (503, "Issuer unavailable"),
+    "signing_unavailable": (503, "Signing unavailable"),
 }
 
 
@@ -148,12 +149,22 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem_response(exc.code, exc.detail, exc.headers, **exc.extras)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = _field_errors(exc)
         fields = sorted({".".join(e["loc"][1:] or e["loc"]) for e in errors})
         detail = "invalid " + ", ".join(fields) if fields else "the request is invalid"
         if any(e["type"] == "json_invalid" for e in errors):
             detail = "the request body is not valid JSON"
+        body_errors = [e for e in errors if e["loc"][:1] == ["body"]]
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if body_errors and media_type != "application/json":
+            # FastAPI reads a body as JSON only when the header says so; otherwise the fields
+            # look missing, which says nothing of the real mistake (`curl -d` sends a form).
+            sent = f"`{media_type}`" if media_type else "no Content-Type"
+            detail = (
+                f"the body must be JSON sent with `Content-Type: application/json` "
+                f"(this request sent {sent})"
+            )
         return problem_response("invalid_request", detail, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)

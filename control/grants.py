@@ -1,6 +1,7 @@
 """`control.grants`: the grant grammar's import path; the code is `control.sdk.grants`."""
 
 from control.sdk.grants import (
+    KIND_WIDE_KEY,
     MAX_GRANTS_PER_CLAIM,
     MAX_ORG_ID_BYTES,
     MAX_QUERY_SETS_PER_GRANT,
@@ -12,6 +13,7 @@ from control.sdk.grants import (
     STREAM_ID_PATTERN,
     STREAM_KEY_PATTERN,
     STREAM_KIND_PATTERN,
+    STREAM_SELECTOR_PATTERN,
     TOKEN_USE,
     ClaimsRejected,
     GrammarError,
@@ -24,6 +26,7 @@ from control.sdk.grants import (
     authorize,
     check_sync_claims,
     grants_of,
+    is_kind_wide,
     is_query_set_name,
     is_stream_kind,
     make_grant,
@@ -32,11 +35,15 @@ from control.sdk.grants import (
     parse_op,
     parse_query_set_ref,
     parse_stream_id,
+    parse_stream_selector,
     scope_for,
+    selector_covers,
+    stream_kind,
     validate_sync_claims,
 )
 
 __all__ = [
+    "KIND_WIDE_KEY",
     "MAX_GRANTS_PER_CLAIM",
     "MAX_ORG_ID_BYTES",
     "MAX_QUERY_SETS_PER_GRANT",
@@ -48,6 +55,7 @@ __all__ = [
     "STREAM_ID_PATTERN",
     "STREAM_KEY_PATTERN",
     "STREAM_KIND_PATTERN",
+    "STREAM_SELECTOR_PATTERN",
     "TOKEN_USE",
     "ClaimsRejected",
     "GrammarError",
@@ -60,6 +68,7 @@ __all__ = [
     "authorize",
     "check_sync_claims",
     "grants_of",
+    "is_kind_wide",
     "is_query_set_name",
     "is_stream_kind",
     "make_grant",
@@ -68,6 +77,9 @@ __all__ = [
     "parse_op",
     "parse_query_set_ref",
     "parse_stream_id",
+    "parse_stream_selector",
     "scope_for",
+    "selector_covers",
+    "stream_kind",
     "validate_sync_claims",
 ]

@@ -8,6 +8,7 @@ from control.kit.db import Base
 from control.kit.locks import ControlLock
 from control.policy.models import GrantRule, QuerySet, Stream
 from control.revocations.models import Revocation
+from control.tokens.models import ReplicaHeartbeat
 
 metadata = Base.metadata
 
@@ -20,6 +21,7 @@ __all__ = [
     "Org",
     "Principal",
     "QuerySet",
+    "ReplicaHeartbeat",
     "Revocation",
     "SigningKey",
     "Stream",

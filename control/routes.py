@@ -7,7 +7,20 @@ its successor, so "retired but active" cannot be expressed.
 
 from __future__ import annotations
 
-from control.api import audit, federation, identity, keys, policy, revocations, system, tokens
+from control.api import (
+    audit,
+    docs,
+    federation,
+    identity,
+    keys,
+    metrics,
+    oauth,
+    policy,
+    policyfile,
+    revocations,
+    system,
+    tokens,
+)
 from control.audit.schemas import AuditEventOut
 from control.federation.schemas import TrustedIssuerBody, TrustedIssuerOut
 from control.identity.schemas import (
@@ -32,6 +45,7 @@ from control.policy.schemas import (
     StreamCreate,
     StreamOut,
 )
+from control.policyfile.schemas import PolicyApplied, PolicyApply, PolicyDocument
 from control.revocations.schemas import RevocationCreate, RevocationFeed, RevocationOut
 from control.tokens.schemas import (
     IntrospectRequest,
@@ -53,11 +67,20 @@ ROUTES: tuple[Route, ...] = (
     # --- system -------------------------------------------------------------------------
     Route("GET", "/healthz", "healthz", "Liveness", "system", ANYONE,
           system.healthz, response_model=system.Health),
-    Route("GET", "/readyz", "readyz", "Readiness: database reachable and an active key",
+    Route("GET", "/readyz", "readyz", "Readiness: database reachable, keys fresh, schema current",
           "system", ANYONE, system.readyz, response_model=system.Readiness,
           errors=("unavailable",)),
     Route("GET", "/openapi.json", "openapi", "This OpenAPI document", "system", ANYONE,
           system.openapi_document, response_model=system.OpenAPIDocument),
+    # For Prometheus, not clients: out of the spec; the endpoint checks its own access
+    # (CONTROL_METRICS_TOKEN, or loopback in dev).
+    Route("GET", "/metrics", "metrics", "Prometheus metrics", "system", ANYONE,
+          metrics.serve_metrics, status=Status.OPERATIONS),
+    # Pages for people: the interactive API docs, with their assets from the package.
+    Route("GET", "/docs", "api_docs", "Interactive API docs", "system", ANYONE,
+          docs.api_docs, status=Status.PAGE),
+    Route("GET", "/docs/assets/{asset}", "api_docs_asset", "An asset of the API docs", "system",
+          ANYONE, docs.api_docs_asset, status=Status.PAGE),
     # --- keys, discovery ----------------------------------------------------------------
     Route("GET", "/.well-known/openid-configuration", "openid_configuration",
           "OIDC discovery document", "discovery", ANYONE, keys.openid_configuration,
@@ -75,7 +98,11 @@ ROUTES: tuple[Route, ...] = (
           "Mint a sync token carrying stream / query-set grants (the canonical token route)",
           "tokens", MEMBER_OR_ID_TOKEN, tokens.mint_token, request_model=TokenRequest,
           response_model=TokenResponse,
-          errors=("stream_not_granted", "too_many_streams", "rate_limited", "issuer_unavailable")),
+          errors=("stream_not_granted", "too_many_streams", "rate_limited", "issuer_unavailable",
+                  "signing_unavailable"),
+          # The same route speaks OAuth 2.0 to form bodies (docs/oauth.md).
+          media_endpoints={oauth.FORM_MEDIA_TYPE: oauth.token_form},
+          openapi_extra=oauth.OPENAPI_EXTRA),
     Route("POST", "/api/sync/introspect", "introspect_sync_token",
           "Is this sync token active, and does it cover a stream / query set / op?",
           "tokens", SERVICE, tokens.introspect, request_model=IntrospectRequest,
@@ -150,6 +177,13 @@ ROUTES: tuple[Route, ...] = (
           "Dry-run the policy engine for a principal: the decision a mint would make",
           "policy", ADMIN, policy.explain, request_model=ExplainRequest,
           response_model=ExplainResponse, errors=("not_found", "too_many_streams")),
+    Route("GET", "/api/admin/policy", "export_policy",
+          "The org's query sets, streams, grant rules and trusted issuers as one document",
+          "policy", ADMIN, policyfile.export_policy, response_model=PolicyDocument),
+    Route("POST", "/api/admin/policy:apply", "apply_policy",
+          "Make the org's policy match a document in one transaction, or report what would change",
+          "policy", ADMIN, policyfile.apply_policy, request_model=PolicyApply,
+          response_model=PolicyApplied, errors=("conflict",)),
     Route("POST", "/api/admin/trusted-issuers", "create_trusted_issuer",
           "Trust an upstream OIDC issuer's ID tokens at the token endpoint", "federation",
           ADMIN, federation.create_trusted_issuer, request_model=TrustedIssuerBody,

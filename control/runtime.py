@@ -3,6 +3,7 @@
 from control.sdk.runtime import (
     ALLOWED_ALGS,
     MAX_TOKEN_BYTES,
+    FeedSource,
     GrantDenied,
     GrantVerifier,
     TokenRejected,
@@ -15,6 +16,7 @@ from control.sdk.runtime import (
 __all__ = [
     "ALLOWED_ALGS",
     "MAX_TOKEN_BYTES",
+    "FeedSource",
     "GrantDenied",
     "GrantVerifier",
     "TokenRejected",

@@ -108,6 +108,9 @@ class Settings(BaseSettings):
 
     mint_rate_per_second: float = Field(10.0, ge=0)  # 0 disables
     mint_burst: int = Field(30, ge=1)
+    # The two above hold for the whole fleet: replicas announce themselves this often and share
+    # them among the live ones (docs/operations.md).
+    replica_heartbeat_seconds: float = Field(2.0, gt=0)
 
     # Upstream identity providers (ID tokens at the token endpoint).
     upstream_jwks_max_age_seconds: float = Field(300.0, ge=0)
@@ -119,6 +122,10 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"  # json: one object per line (docs/operations.md)
+    metrics_enabled: bool = True
+    # `/metrics` wants this bearer token when set; unset, it serves loopback clients (dev only).
+    metrics_token: SecretStr | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

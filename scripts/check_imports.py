@@ -4,7 +4,8 @@
    `control`, and each top-level module, is one node; function-local imports count).
 2. The SDK (`control.sdk`: the grant grammar, the runtime verifier and the client token source)
    imports nothing of `control` outside itself: runtime services and clients install it alone.
-3. `control/kit/` imports nothing of `control` outside itself: it is the domain-free toolkit.
+3. `control/kit/` imports nothing of `control` outside itself: it is the domain-free toolkit;
+   nor does `control/observability/` (metrics, logs, traces), which the domain imports.
 4. `bench/` and `scripts/` never import from `tests/`.
 
 Exit status 1 with one line per violation; `make test` runs it.
@@ -21,7 +22,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "control"
 # Packages that must stand alone: (package, what it may import of `control` besides itself).
-SELF_CONTAINED = {"control.sdk": (), "control.kit": ("control.errors",)}
+SELF_CONTAINED = {
+    "control.sdk": (),
+    "control.kit": ("control.errors",),
+    # Domain code imports it to count and log; it must never import the domain back.
+    "control.observability": (),
+}
 
 
 def module_name(path: Path) -> str:

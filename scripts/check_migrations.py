@@ -9,11 +9,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from pg import postgres_available, scratch_database
-
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from harness.pg import postgres_available, scratch_database  # noqa: E402
+
 ALEMBIC = str(Path(sys.executable).with_name("alembic"))
 
 

@@ -221,6 +221,8 @@ VALID_BODIES: dict[str, Callable[[Seeded], dict[str, Any]]] = {
         "query_sets": [s.query_set],
         "ops": ["subscribe"],
     },
+    # A dry run of an empty document: every change reported, none made.
+    "apply_policy": lambda s: {"document": {"version": 1}, "dry_run": True},
 }
 
 

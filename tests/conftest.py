@@ -3,11 +3,12 @@ transaction per test, and the app served over that transaction."""
 
 from __future__ import annotations
 
-import base64
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -21,11 +22,10 @@ from control.kit.db import make_engine
 from control.migrate import upgrade
 from control.settings import Settings
 from control.state import AppState
+from harness.keys import KEK, PEPPER
 from tests.factories import OrgFixture, bootstrap
 from tests.pg import reachable_postgres, scratch_database
 
-KEK = base64.urlsafe_b64encode(b"k" * 32).decode()
-PEPPER = base64.urlsafe_b64encode(b"p" * 32).decode()
 BACKENDS = ["sqlite", "postgresql"]
 
 
@@ -166,6 +166,65 @@ def fresh_database_url(
         yield url
 
 
+def _backend_of(nodeid: str) -> str | None:
+    for backend in BACKENDS:
+        if f"[{backend}" in nodeid or f"-{backend}" in nodeid:
+            return backend
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist, keep the tests that share a module-scoped fixture (a real server, a fleet of
+    replicas, a database they commit to) on one worker, one group per module and backend, so
+    each such fixture starts once per run rather than once per worker."""
+    if getattr(config, "workerinput", None) is None:
+        return
+    for item in items:
+        fixtures = getattr(item, "_fixtureinfo", None)
+        if fixtures is None:
+            continue
+        shared = any(
+            definitions[-1].scope in ("module", "class", "package")
+            for definitions in fixtures.name2fixturedefs.values()
+        )
+        if shared:
+            group = f"{item.nodeid.split('::', 1)[0]}:{_backend_of(item.nodeid) or 'any'}"
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+# Counters the fuzz and permission-matrix modules keep, for the summary. Under xdist the
+# controller never imports the test modules: each worker sends its own in `workeroutput`.
+COUNTERS = "control_counters"
+_gathered: dict[str, dict[str, list[list[Any]]]] = {}
+
+
+def _local_counters() -> dict[str, list[list[Any]]]:
+    """This process's counters, as lists (what execnet can carry)."""
+    counters: dict[str, list[list[Any]]] = {"fuzz": [], "matrix": []}
+    fuzz = sys.modules.get("tests.test_fuzz")
+    if fuzz is not None:
+        counters["fuzz"] = [[key, count] for key, count in fuzz.CASES_RUN.items()]
+    matrix = sys.modules.get("tests.test_permission_matrix")
+    if matrix is not None:
+        counters["matrix"] = [[route, role, n] for (route, role), n in matrix.CASES_RUN.items()]
+    return counters
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput[COUNTERS] = _local_counters()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    output = getattr(node, "workeroutput", None) or {}
+    if COUNTERS in output:
+        worker = getattr(node, "workerinput", {}).get("workerid", str(id(node)))
+        _gathered[worker] = output[COUNTERS]
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Say plainly which database backends the run covered."""
     counts = dict.fromkeys(BACKENDS, 0)
@@ -177,17 +236,21 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     line = ", ".join(f"{backend}: {count} tests run" for backend, count in counts.items())
     # A skipped half says why in pytest's own `SKIPPED ... PostgreSQL half` lines (-ra).
     terminalreporter.write_line(f"database backends: {line}")
-    fuzz = sys.modules.get("tests.test_fuzz")
-    if fuzz is not None and fuzz.CASES_RUN:
-        cases = sum(fuzz.CASES_RUN.values())
+    sources = list(_gathered.values()) or [_local_counters()]
+    # An operation run is one test's: keys are only unique within the process that ran it.
+    fuzz_runs = sum(len(source["fuzz"]) for source in sources)
+    fuzz_cases = sum(int(count) for source in sources for _, count in source["fuzz"])
+    if fuzz_runs:
         terminalreporter.write_line(
-            f"fuzz: {cases} generated requests over {len(fuzz.CASES_RUN)} operation runs"
+            f"fuzz: {fuzz_cases} generated requests over {fuzz_runs} operation runs"
         )
-    matrix = sys.modules.get("tests.test_permission_matrix")
-    if matrix is not None and matrix.CASES_RUN:
-        routes = len({route for route, _ in matrix.CASES_RUN})
-        runs = sum(matrix.CASES_RUN.values())
+    matrix: Counter[tuple[str, str]] = Counter()
+    for source in sources:
+        for route, role, n in source["matrix"]:
+            matrix[(route, role)] += int(n)
+    if matrix:
+        routes = len({route for route, _ in matrix})
         terminalreporter.write_line(
-            f"permission matrix: {len(matrix.CASES_RUN)} (route, role) cases over {routes} "
-            f"routes ({runs} walked, counting each backend)"
+            f"permission matrix: {len(matrix)} (route, role) cases over {routes} "
+            f"routes ({matrix.total()} walked, counting each backend)"
         )

@@ -1,28 +1,23 @@
-"""Scratch PostgreSQL databases for the tests (a fresh database each, dropped afterwards)."""
+"""Scratch PostgreSQL databases for the tests, and what a test does when there is no server:
+fail when PostgreSQL is required (`.ci/run`), else skip."""
 
 from __future__ import annotations
 
 import os
-import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import NoReturn
 
-import psycopg
 import pytest
 
-ADMIN_URL = os.environ.get(
-    "CONTROL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
+from harness.pg import ADMIN_URL, postgres_available, scratch_database
 
-
-def postgres_available() -> str | None:
-    """None when PostgreSQL answers, else why not."""
-    try:
-        with psycopg.connect(ADMIN_URL, connect_timeout=3):
-            return None
-    except psycopg.Error as exc:
-        return f"PostgreSQL at {ADMIN_URL} is not reachable ({type(exc).__name__})"
+__all__ = [
+    "ADMIN_URL",
+    "postgres_available",
+    "postgres_required",
+    "reachable_postgres",
+    "scratch_database",
+    "without_postgres",
+]
 
 
 def postgres_required() -> bool:
@@ -41,16 +36,3 @@ def reachable_postgres(skipped: str = "the PostgreSQL half") -> None:
     reason = postgres_available()
     if reason is not None:
         without_postgres(skipped, reason)
-
-
-@contextmanager
-def scratch_database() -> Iterator[str]:
-    name = f"control_test_{secrets.token_hex(6)}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = ADMIN_URL.rsplit("/", 1)[0]
-    try:
-        yield f"{base}/{name}"
-    finally:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

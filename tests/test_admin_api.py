@@ -215,6 +215,10 @@ def test_expired_credential_is_401(org_a: OrgFixture, monkeypatch: pytest.Monkey
     response = api.get("/api/admin/principals")
     problem(response, 401, "unauthorized")
     assert response.headers["www-authenticate"].startswith("Bearer")
+    # The holder learns what to do: the key expired, and when.
+    assert response.json()["reason"] == "expired_credential"
+    stamp = expires.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    assert f"expired at {stamp}" in response.json()["detail"]
 
 
 def test_credential_expiry_must_be_a_future_rfc3339_time(

@@ -414,6 +414,15 @@ DOMAIN_CASES: dict[str, list[Domain]] = {
                lambda a, b: {"kind": "credential", "value": b.credential_id}, 422,
                "invalid_request"),
     ],
+    "apply_policy": [
+        Domain("a rule naming another org's principal", lambda a, b: {"document": {
+            "grant_rules": [{"effect": "allow", "subjects": {"principal_ids": [b.principal_id]},
+                             "streams": {"kind": "run", "relation": "org"},
+                             "query_sets": [], "ops": ["subscribe"]}]}}, 422, "invalid_request"),
+        Domain("an owner of another org", lambda a, b: {"document": {
+            "streams": [{"id": "run:other-owner", "owner_id": b.principal_id}]}}, 422,
+               "invalid_request"),
+    ],
 }  # fmt: skip
 
 
@@ -449,12 +458,25 @@ def check_refusal(response: httpx.Response) -> str | None:
     return None
 
 
-def verdict(case: Case, response: httpx.Response) -> list[str]:
+def check_oauth_refusal(response: httpx.Response) -> str | None:
+    """Why `response` is not a proper RFC 6749 error (the token route's form bodies), or None."""
+    if not 400 <= response.status_code < 500:
+        return f"answered {response.status_code}: {response.text[:300]}"
+    if response.headers.get("content-type") == PROBLEM_MEDIA_TYPE:
+        return check_refusal(response)  # 413 and 429 stay problems: OAuth has no codes for them
+    if not isinstance(response.json().get("error"), str):
+        return f"not an OAuth error: {response.text[:300]}"
+    return None
+
+
+def verdict(case: Case, response: httpx.Response, route: Route | None = None) -> list[str]:
     """What is wrong with the service's answer to a bad body (nothing: an empty list)."""
     if response.status_code >= 500:
         return [f"{case.label}: {response.status_code} {response.text[:200]}"]
+    media = case.headers.get("content-type", "").split(";")[0]
+    oauth = route is not None and media in route.media_endpoints
     if case.must_fail or response.status_code >= 400:
-        why = check_refusal(response)
+        why = check_oauth_refusal(response) if oauth else check_refusal(response)
         if why is not None:
             return [f"{case.label}: {why}"]
     return []
@@ -507,7 +529,7 @@ def test_bad_bodies_change_nothing(
             refused = [case for case in cases if case.must_fail]
             before = database_text(session)
             for case in refused:
-                failures += verdict(case, send(api, route, path, case))
+                failures += verdict(case, send(api, route, path, case), route)
             if database_text(session) != before:
                 culprits = []
                 for case in refused:
@@ -521,7 +543,7 @@ def test_bad_bodies_change_nothing(
                 if not case.must_fail:
                     text = database_text(session)
                     response = send(api, route, path, case)
-                    failures += verdict(case, response)
+                    failures += verdict(case, response, route)
                     if response.status_code >= 400 and database_text(session) != text:
                         failures.append(f"{case.label}: refused, but rows changed")
             assert not failures, "\n".join(failures)

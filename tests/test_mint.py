@@ -193,14 +193,25 @@ def test_requested_query_sets_and_ops(org_a: OrgFixture, world: dict) -> None:
     org_a.allow(query_sets=["run_events"], ops=["subscribe"])
     ok = alice.post(TOKEN, {"streams": ["run:alice1"], "query_sets": ["run_events@1"]})
     assert ok.status_code == 200
-    for body, reason in (
-        ({"query_sets": ["run_checkpoints"]}, "query_set_not_allowed"),
-        ({"query_sets": ["run_events@7"]}, "query_set_not_allowed"),
-        ({"ops": ["checkpoint"]}, "op_not_allowed"),
+    rule_id = org_a.admin.ok("GET", "/api/admin/grant-rules")["items"][0]["id"]
+    for body, reason, rule_ids in (
+        ({"query_sets": ["run_checkpoints"]}, "query_set_not_allowed", [rule_id]),
+        ({"query_sets": ["run_events@7"]}, "query_set_not_allowed", [rule_id]),
+        # A name the org never defined says so, rather than "not allowed".
+        ({"query_sets": ["run_evnts"]}, "query_set_not_found", []),
+        ({"ops": ["checkpoint"]}, "op_not_allowed", [rule_id]),
     ):
         response = alice.post(TOKEN, {"streams": ["run:alice1"], **body})
         assert response.status_code == 403, body
         assert response.json()["denied"][0]["reason"] == reason
+        # Explain names the rules behind the denial: the rule that matched and fell short.
+        explained = org_a.admin.ok(
+            "POST",
+            "/api/admin/explain",
+            {"principal_id": org_a.principals["alice"], "streams": ["run:alice1"], **body},
+            200,
+        )["decisions"][0]
+        assert (explained["reason"], explained["rule_ids"]) == (reason, rule_ids), body
 
 
 def test_ttl_bounds_and_rule_clamp(org_a: OrgFixture, world: dict) -> None:

@@ -5,8 +5,10 @@ against its TypeScript port (`module/test/vectors.test.ts`), so both sides accep
 turn them into the same grant rows and reject the rest with the same code. The module also requires
 an `org_id` claim after those checks: `control.grants.accept_sync_claims` is that rule. `views.json`
 holds the module's row rules (sweep, revocation, which view a grant opens, op checks, all matched
-on (org, stream)); this file applies the same rules in Python, built on `control.grants`, so the
-two stay one definition.
+on (org, stream), or on (org, kind) for a kind-wide grant); this file applies the same rules in
+Python, built on `control.grants`, so the two stay one definition. The runtime library
+(`control.runtime`) is held to the same vectors: it accepts and rejects every signed claims vector
+as `validate_sync_claims` does, and decides every op check as the module does.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
+from control import runtime
 from control.grants import (
     ClaimsRejected,
     Grant,
@@ -25,7 +29,10 @@ from control.grants import (
     accept_sync_claims,
     authorize,
     parse_query_set_ref,
+    selector_covers,
+    validate_sync_claims,
 )
+from tests.forge import compact, es256_signer
 
 VECTORS = Path(__file__).parent / "vectors"
 REJECT_CODES = {
@@ -91,6 +98,80 @@ def test_claims_vector(case: dict[str, Any]) -> None:
     assert grant_rows(grants, org_id, claims["exp"]) == expect["grant_rows"]
 
 
+_KEY = ec.generate_private_key(ec.SECP256R1())
+_PUBLISHED = runtime.VerificationKey("ES256", _KEY.public_key())
+
+
+@pytest.mark.parametrize("case", CLAIMS["cases"], ids=lambda case: case["name"])
+def test_claims_vector_through_the_runtime(case: dict[str, Any]) -> None:
+    """The vector's claims, signed as a token, read by `control.runtime.verify_token`: it accepts
+    and rejects exactly as `validate_sync_claims` does (the `org_id` rule is the module's own),
+    and each accepted grant covers what it names; a kind-wide one only with the stream's org."""
+    check = {
+        **CLAIMS["defaults"],
+        **{k: case[k] for k in ("issuer", "audience", "now", "leeway") if k in case},
+    }
+    try:
+        grants: tuple[Grant, ...] | None = validate_sync_claims(case["claims"], **check)
+    except ClaimsRejected as rejected:
+        expected, grants = rejected.code, None
+    else:
+        expected = "ok"
+    # Exact JSON text, as the vector spells it (a float stays a float).
+    token = compact(
+        {"alg": "ES256", "typ": "JWT", "kid": "k1"},
+        json.dumps(case["claims"], separators=(",", ":")),
+        es256_signer(_KEY),
+    )
+    try:
+        claims = runtime.verify_token(
+            token,
+            {"k1": _PUBLISHED}.get,
+            issuer=check["issuer"],
+            audience=check["audience"],
+            leeway=check["leeway"],
+            now=check["now"],
+        )
+    except runtime.TokenRejected as exc:
+        outcome = exc.code
+    else:
+        outcome = "ok"
+    if len(token) > runtime.MAX_TOKEN_BYTES:
+        expected = "malformed"  # the runtime's own bound on what it reads at all
+    assert outcome == expected
+    if outcome != "ok":
+        return
+    org = case["claims"].get("org_id")
+    for grant in grants or ():
+        op = grant.ops[0]
+        if not grant.kind_wide:
+            assert runtime.authorize(claims, grant.stream, None, op) is not None
+            continue
+        stream = f"{grant.stream[:-2]}:any-stream"
+        assert runtime.authorize(claims, stream, None, op, stream_org=org).stream == grant.stream
+        with pytest.raises(runtime.GrantDenied) as denied:
+            runtime.authorize(claims, stream, None, op)
+        assert denied.value.code == "stream_org_required"
+        with pytest.raises(runtime.GrantDenied) as denied:
+            runtime.authorize(claims, stream, None, op, stream_org=f"not-{org}")
+        assert denied.value.code == "stream_not_granted"
+
+
+def test_claims_vectors_cover_kind_wide_grants() -> None:
+    accepted = [case for case in CLAIMS["cases"] if "reject" not in case["expect"]]
+    assert any(
+        row["stream"].endswith(":*") for case in accepted for row in case["expect"]["grant_rows"]
+    )
+    streams = {
+        grant.get("stream")
+        for case in CLAIMS["cases"]
+        if "reject" in case["expect"] and isinstance(case["claims"].get("grants"), list)
+        for grant in case["claims"]["grants"]
+        if isinstance(grant, dict)
+    }
+    assert {"run:01*", "*:*", "*:x", "run:*x"} <= streams
+
+
 def test_claims_vectors_cover_every_code() -> None:
     codes = {case["expect"].get("reject") for case in CLAIMS["cases"]} - {None}
     assert codes == REJECT_CODES
@@ -103,6 +184,14 @@ def test_claims_vector_names_are_unique() -> None:
 
 # ---------------------------------------------------------------------------------------------
 # views.json: the module's row rules, in Python
+
+
+def row_shows(row: dict[str, Any], item: dict[str, Any]) -> bool:
+    """Whether a grant row opens a data row: the same org, and the same stream or (a kind-wide
+    grant row) a stream of its kind."""
+    return bool(
+        row["org_id"] == item["org_id"] and selector_covers(row["stream"], item["stream_id"])
+    )
 
 
 def opens_view(row: dict[str, Any], view: str) -> bool:
@@ -159,9 +248,9 @@ def test_views_vector(case: dict[str, Any]) -> None:
     for identity, per_view in case["expect"].items():
         mine = [row for row in rows if row["identity"] == identity]
         for view, expected_ids in per_view.items():
-            opened = {(row["org_id"], row["stream"]) for row in mine if opens_view(row, view)}
+            opened = [row for row in mine if opens_view(row, view)]
             shown = sorted(
-                item["id"] for item in data[view] if (item["org_id"], item["stream_id"]) in opened
+                item["id"] for item in data[view] if any(row_shows(row, item) for row in opened)
             )
             assert shown == expected_ids, (identity, view)
     for op_check in case.get("op_checks", []):
@@ -172,13 +261,66 @@ def test_views_vector(case: dict[str, Any]) -> None:
             if row["connection_id"] == op_check["connection_id"]
             and row["org_id"] == op_check["org_id"]
         ]
+        org = op_check["org_id"]
         try:
-            authorize(grants_of(connection), op_check["stream"], None, op_check["op"])
+            authorize(
+                grants_of(connection),
+                op_check["stream"],
+                None,
+                op_check["op"],
+                token_org=org,
+                stream_org=org,
+            )
         except GrantDecision as decision:
             outcome = decision.code
         else:
             outcome = "ok"
         assert outcome == op_check["expect"], op_check
+
+
+@pytest.mark.parametrize("case", VIEWS["cases"], ids=lambda case: case["name"])
+def test_views_op_checks_through_the_runtime(case: dict[str, Any]) -> None:
+    """Each op check as a runtime service makes it: the connection's token (its grants and its
+    org) and the org that holds the stream, through `control.runtime.authorize`."""
+    rows = live_rows(case)
+    for op_check in case.get("op_checks", []):
+        connection = [row for row in rows if row["connection_id"] == op_check["connection_id"]]
+        orgs = {row["org_id"] for row in connection}
+        assert len(orgs) <= 1  # a connection's rows carry its one token's org
+        claims = {
+            "org_id": orgs.pop() if orgs else "org_none",
+            "grants": [grant.to_claim() for grant in grants_of(connection)],
+        }
+        try:
+            runtime.authorize(
+                claims, op_check["stream"], None, op_check["op"], stream_org=op_check["org_id"]
+            )
+        except runtime.GrantDenied as denied:
+            outcome = denied.code
+        else:
+            outcome = "ok"
+        assert outcome == op_check["expect"], op_check
+
+
+def test_views_vectors_cover_kind_wide_grants() -> None:
+    """Some vector has a kind-wide grant show a stream that no grant names, and in each such
+    vector its holder sees rows of its own org only."""
+    tables = {"run_event_view": "stream_event", "run_checkpoint_view": "stream_checkpoint"}
+    unnamed_shown = False
+    for case in VIEWS["cases"]:
+        holders = {row["identity"] for row in case["grant_rows"] if row["stream"].endswith(":*")}
+        named = {(row["org_id"], row["stream"]) for row in case["grant_rows"]}
+        for identity in holders & set(case["expect"]):
+            shown = {
+                (item["org_id"], item["stream_id"])
+                for view, ids in case["expect"][identity].items()
+                for item in case[tables[view]]
+                if item["id"] in ids
+            }
+            orgs = {row["org_id"] for row in case["grant_rows"] if row["identity"] == identity}
+            assert {org for org, _ in shown} <= orgs, case["name"]
+            unnamed_shown = unnamed_shown or bool(shown - named)
+    assert unnamed_shown
 
 
 def test_views_vectors_name_known_views() -> None:

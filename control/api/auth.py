@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from control.api.deps import SessionDep, StateDep
@@ -27,6 +28,7 @@ from control.federation.service import (
 from control.identity.caller import Caller
 from control.identity.service import caller_for_key
 from control.kit.routing import Access, table_entry
+from control.state import AppState
 from control.views import OrgView
 
 bearer_scheme = HTTPBearer(auto_error=False, description="An API key (`ctl_…`).")
@@ -77,6 +79,28 @@ def authenticate(
 
 
 CallerDep = Annotated[Caller, Depends(authenticate)]
+
+
+# OAuth requests at the token route (`control.api.oauth`) present their credentials in the form,
+# not as a bearer header; these make the same callers from them.
+
+
+def caller_for_client(state: AppState, session: Session, client_id: str, secret: str) -> Caller:
+    """An OAuth client (RFC 6749 §2.3.1): its id is a credential's id, its secret that
+    credential's API key. A key presented under another credential's id is refused like a
+    wrong key: the id names the credential, it is not a hint."""
+    caller = caller_for_key(session, state.credential_pepper, secret)
+    if caller.credential_id != client_id:
+        raise Unauthorized("the credential is invalid", reason="invalid_credential")
+    return caller
+
+
+async def verify_presented_id_token(state: AppState, token: str) -> VerifiedIdToken:
+    """An ID token presented in a form, verified as `verified_id_token` does a bearer one:
+    on a worker thread, before the request's unit of work opens."""
+    return await run_in_threadpool(
+        verify_id_token, state.sessions, state.upstream, token, state.settings
+    )
 
 
 def guard_for(access: Access) -> Callable[[Caller], Coroutine[Any, Any, None]]:

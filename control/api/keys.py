@@ -11,6 +11,7 @@ from control.audit.service import Auditor
 from control.keys import service
 from control.keys.models import SigningKey
 from control.keys.schemas import KeyInfo, KeyList, OpenIDConfiguration, RotationResult
+from control.tokens import oauth
 
 CLAIMS_SUPPORTED = [
     "iss", "sub", "aud", "iat", "nbf", "exp", "jti",
@@ -26,6 +27,12 @@ def _cacheable(request: Request, body: bytes, etag: str, max_age: int) -> Respon
 
 
 def openid_configuration(request: Request, state: StateDep) -> Response:
+    """OIDC discovery document and OAuth 2.0 authorization server metadata (RFC 8414): the issuer,
+    where its public keys are (`jwks_uri`), the token, introspection and revocation-feed endpoints,
+    and what they support. SpacetimeDB reads it to verify sync tokens. Cacheable: the answer
+    carries `Cache-Control: max-age` and an `ETag`, and a request with a matching
+    `If-None-Match` gets 304. Anyone may call it; no credential.
+    """
     issuer = state.settings.issuer
     document = OpenIDConfiguration(
         issuer=issuer,
@@ -36,7 +43,9 @@ def openid_configuration(request: Request, state: StateDep) -> Response:
         id_token_signing_alg_values_supported=list(state.keyring.snapshot.algs),
         response_types_supported=["id_token"],
         subject_types_supported=["public"],
-        token_endpoint_auth_methods_supported=["client_secret_post"],
+        grant_types_supported=list(oauth.GRANT_TYPES),
+        token_endpoint_auth_methods_supported=list(oauth.CLIENT_AUTH_METHODS),
+        scopes_supported=oauth.SCOPES_SUPPORTED,
         claims_supported=CLAIMS_SUPPORTED,
     )
     body = document.model_dump_json().encode()
@@ -45,6 +54,12 @@ def openid_configuration(request: Request, state: StateDep) -> Response:
 
 
 def jwks(request: Request, state: StateDep) -> Response:
+    """The public keys that sign sync tokens (a JWK Set): the active key, the pending key that will
+    sign next (published ahead of time so caches have it), and retiring keys until their last
+    tokens expire. Verify a token with the key whose `kid` its header names; refetch when a `kid`
+    is unknown. Cacheable: `Cache-Control: max-age` and an `ETag`; a matching `If-None-Match` gets
+    304. Anyone may call it; no credential.
+    """
     snapshot = state.keyring.snapshot
     return _cacheable(
         request, snapshot.jwks_body, snapshot.etag, state.settings.jwks_max_age_seconds
@@ -57,10 +72,22 @@ def _key_infos(session: SessionDep) -> list[KeyInfo]:
 
 
 def list_keys(session: SessionDep) -> KeyList:
+    """Every signing key, oldest first, with its state: `pending` (published, not signing yet),
+    `active` (signing; exactly one), `retiring` (published, no longer signing, until its last
+    token expires) or `retired` (gone from the JWKS). Public halves only. Signing keys are shared
+    by all orgs: this needs the `operator` role, which only the operator org (the first org
+    bootstrapped) honours.
+    """
     return KeyList(items=_key_infos(session))
 
 
 def rotate_keys(session: SessionDep, state: StateDep, caller: CallerDep) -> RotationResult:
+    """Rotate the signing keys now, rather than on the service's schedule: the pending key becomes
+    active, the active key starts retiring, and a new pending key is published. 409 `conflict`
+    while the pending key has been published for less than the publish lead (600 s unless
+    configured), since verifiers with a cached JWKS may not have it yet; the detail says how long
+    to wait. Audited. Needs the `operator` role.
+    """
     result = service.rotate(session, state.settings, state.keyring.cipher)
     Auditor.of(session, caller).record("keys.rotate", result["active"], result)
     return RotationResult(**result, items=_key_infos(session))

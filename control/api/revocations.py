@@ -14,6 +14,13 @@ from control.revocations.schemas import RevocationCreate, RevocationFeed, Revoca
 
 
 def create_revocation(body: RevocationCreate, view: ViewDep, caller: CallerDep) -> RevocationOut:
+    """Revoke tokens before they expire: `jti` ends one token, `subject` every token of a principal
+    issued before now, `credential` stops an API key and ends its principal's tokens. It takes
+    effect at once for introspection and appears in the revocation feed for runtime services.
+    `not_before` is the next whole second: a token minted after it is valid. A `subject` or
+    `credential` not of the org is 422. Audited. Needs the `admin` role, and `admin` or
+    `operator` too when the principal holds them.
+    """
     return RevocationOut.of(revoke_tokens(view, caller, body.kind, body.value, body.reason))
 
 
@@ -23,6 +30,12 @@ def revocation_feed(
     after: Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = MAX_LIMIT,
 ) -> RevocationFeed:
+    """The org's revocations after the cursor `after`, oldest first, at most `limit` (default and
+    maximum 500), and `next_cursor` to pass as `after` next time, even when nothing was new. Start
+    without `after` to read from the beginning. Runtime services that verify tokens locally follow
+    it: a `jti` entry ends one token; `subject` and `credential` entries end every token of the
+    principal issued before `not_before`. Needs the `service` role.
+    """
     rows, next_cursor = service.feed(view, int(after) if after else 0, limit)
     return RevocationFeed(
         items=[RevocationOut.of(row) for row in rows], next_cursor=str(next_cursor)

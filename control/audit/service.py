@@ -10,8 +10,10 @@ from sqlalchemy.orm import Session
 
 from control.audit.repository import INSERT_EVENT
 from control.kit.db import utcnow
+from control.observability.hooks import audit_write
 
 
+@audit_write
 def record(
     session: Session,
     *,

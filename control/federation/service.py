@@ -28,6 +28,8 @@ from control.identity.caller import Caller, effective_roles
 from control.identity.models import Org, Principal
 from control.kit.db import utcnow
 from control.kit.ids import new_id
+from control.observability.context import credential_presented, identify
+from control.observability.hooks import auto_revoked
 from control.revocations.service import revoke
 from control.settings import Settings
 from control.views import OrgView
@@ -177,6 +179,7 @@ def _end_links(view: OrgView, row: TrustedIssuer, reason: str) -> int:
     )
     for principal_id in principal_ids:
         revoke(view.session, org_id=view.org_id, kind="subject", value=principal_id, reason=reason)
+    auto_revoked(view.session, "issuer", len(principal_ids))
     return len(principal_ids)
 
 
@@ -234,6 +237,7 @@ def verify_id_token(
     Every failure is a 401 with a precise, non-secret reason, or a 503 `issuer_unavailable`
     that says nothing of what went wrong upstream; the log says what did.
     """
+    credential_presented("id_token")
     issuer = ""
     try:
         issuer = unverified_issuer(token)
@@ -286,6 +290,7 @@ def caller_for_id_token(session: Session, verified: VerifiedIdToken) -> Caller:
     principal = _principal_for(session, trusted, verified.claims)
     if principal.disabled:
         raise Unauthorized("the principal is disabled", reason="invalid_credential")
+    identify(principal.org_id, principal.id)
     return Caller(
         principal_id=principal.id,
         org_id=principal.org_id,

@@ -42,6 +42,7 @@ from control.federation.network import (
     TargetRefused,
     Unresolved,
 )
+from control.observability.hooks import federation_fetch, federation_fetch_skipped
 
 log = logging.getLogger("control.federation")
 
@@ -219,6 +220,7 @@ class UpstreamVerifier:
                 chunks.append(chunk)
         return b"".join(chunks)
 
+    @federation_fetch
     def _fetch(self, issuer: str, policy: NetworkPolicy) -> _IssuerKeys:
         deadline = time.monotonic() + self.fetch_budget
         document = self._get_json(f"{issuer}/.well-known/openid-configuration", policy, deadline)
@@ -272,6 +274,7 @@ class UpstreamVerifier:
                 if fresh:
                     assert entry is not None
                     return entry.keys  # the refetch for an unknown kid can wait
+                federation_fetch_skipped()
                 raise UpstreamUnavailable(
                     f"{issuer}: backing off after {backoff.failures} failed fetches",
                     math.ceil(backoff.retry_at - now),

@@ -20,6 +20,7 @@ from control.identity.repository import CALLER_BY_KEY_HASH, TOUCH_CREDENTIAL
 from control.identity.schemas import CredentialCreate, PrincipalCreate, PrincipalUpdate
 from control.identity.secrets import (
     DISPLAY_PREFIX_LENGTH,
+    display_prefix,
     hash_api_key,
     looks_like_api_key,
     new_api_key,
@@ -27,6 +28,8 @@ from control.identity.secrets import (
 from control.kit.db import utcnow
 from control.kit.ids import new_id
 from control.kit.schemas import Name
+from control.observability.context import credential_presented, identify
+from control.observability.hooks import auto_revoked, principal_changed
 from control.revocations.models import Revocation
 from control.revocations.service import revoke
 from control.views import OrgView
@@ -136,6 +139,7 @@ def update_principal(
     session.flush()
     rev = bump_policy_rev(session, caller.org_id)
     if narrowed:
+        auto_revoked(session, "principal", 1)
         # What the principal may get shrank: its outstanding tokens die now, not at expiry.
         revoke(
             session,
@@ -149,6 +153,7 @@ def update_principal(
         principal.id,
         {"before": before, "after": after, "policy_rev": rev, "revoked": narrowed},
     )
+    principal_changed(session, principal.id, before, after)
     return principal
 
 
@@ -275,13 +280,14 @@ LAST_USED_RESOLUTION = timedelta(seconds=60)
 
 
 def caller_for_key(session: Session, pepper: bytes, presented: str) -> Caller:
-    """The caller an API key stands for; 401 for a key that is unknown, revoked, expired or
-    whose principal is disabled, all alike."""
+    """The caller an API key stands for; 401 otherwise. An expired key says so and when: only
+    its holder can present it, and "renew it" is the answer they need. Unknown, revoked and
+    disabled read alike."""
+    credential_presented(display_prefix(presented))
     if not looks_like_api_key(presented):
         raise Unauthorized("the credential is not a valid API key", reason="invalid_credential")
     key_hash = hash_api_key(pepper, presented)
     row = session.execute(CALLER_BY_KEY_HASH, {"key_hash": key_hash}).one_or_none()
-    # Unknown, revoked, expired and disabled all read the same to the caller.
     rejected = Unauthorized("the credential is invalid", reason="invalid_credential")
     if row is None:
         raise rejected
@@ -289,9 +295,14 @@ def caller_for_key(session: Session, pepper: bytes, presented: str) -> Caller:
     if row.revoked_at is not None or row.disabled:
         raise rejected
     if row.expires_at is not None and row.expires_at <= now:
-        raise rejected
+        expired = row.expires_at.isoformat().replace("+00:00", "Z")
+        raise Unauthorized(
+            f"the API key expired at {expired}; ask an admin for a new one",
+            reason="expired_credential",
+        )
     if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
         session.execute(TOUCH_CREDENTIAL, {"credential_id": row.id, "now": now})
+    identify(row.org_id, row.principal_id)
     return Caller(
         principal_id=row.principal_id,
         org_id=row.org_id,

@@ -26,6 +26,7 @@ from control.keys.crypto import KeyCipher, SigningPrivateKey, generate_private_k
 from control.keys.models import PUBLISHED_STATES, KeyState, SigningKey
 from control.kit import locks
 from control.kit.db import unit_of_work, utcnow
+from control.observability.hooks import key_rotated
 from control.runtime import VerificationKey, key_from_jwk
 from control.settings import Settings
 
@@ -51,6 +52,8 @@ class KeySnapshot:
     loaded_at: datetime
     # kid -> key, for verifying tokens this issuer signed (introspection).
     verification_keys: dict[str, VerificationKey]
+    # (kid, state, created_at, activated_at, retiring_at) of each published key: operators' gauges.
+    key_states: tuple[tuple[str, str, datetime, datetime | None, datetime | None], ...] = ()
 
 
 def _new_key(session: Session, settings: Settings, cipher: KeyCipher, state: KeyState) -> str:
@@ -142,7 +145,7 @@ def rotate(
     )
     new_pending = _new_key(session, settings, cipher, KeyState.PENDING)
     session.expire_all()
-    log.info("rotated signing keys: active %s, pending %s", candidate.kid, new_pending)
+    key_rotated(session, active=candidate.kid, pending=new_pending)  # logged once committed
     return {
         "active": candidate.kid,
         "retiring": old[0].kid if old else "",
@@ -218,6 +221,15 @@ class KeyRing:
     def loaded(self) -> bool:
         return self._snapshot is not None
 
+    def is_stale(self) -> bool:
+        """Whether the snapshot is older than `stale_after` allows: this replica may have missed
+        a rotation the others made, so it must neither sign nor claim to be ready."""
+        snapshot = self._snapshot
+        if snapshot is None:
+            return False
+        age = (utcnow() - snapshot.loaded_at).total_seconds()
+        return age > stale_after(self.settings)
+
     def load(self, session: Session) -> KeySnapshot:
         keys = list(
             session.scalars(
@@ -247,6 +259,9 @@ class KeyRing:
                 for kid, key in ((k.kid, key_from_jwk(k.public_jwk)) for k in keys)
                 if key is not None
             },
+            key_states=tuple(
+                (k.kid, k.state, k.created_at, k.activated_at, k.retiring_at) for k in keys
+            ),
         )
         with self._lock:
             self._decrypted = {row.kid: private_key}
@@ -260,3 +275,19 @@ class KeyRing:
                 maintain(session, self.settings, self.cipher)
         with unit_of_work(factory) as session:
             return self.load(session)
+
+
+def stale_after(settings: Settings) -> float:
+    """How old a replica's key snapshot may get before it stops signing and is not ready.
+
+    A replica signs and publishes from its snapshot. One that misses a rotation keeps signing
+    with the retiring key, which leaves the JWKS `token_ttl_max + leeway` after the rotation:
+    a token signed with it more than `leeway` after the rotation may outlive its key. One whose
+    snapshot is older than the publish lead may serve a JWKS without the key the others are
+    about to sign with. So the bound is the smaller of the two, and never less than three
+    refresh intervals, so that one slow refresh is not an outage.
+    """
+    return max(
+        float(min(settings.key_publish_lead_seconds, settings.token_leeway_seconds)),
+        3 * settings.key_refresh_seconds,
+    )

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import secrets
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from control.errors import problem_response
-
-log = logging.getLogger("control.http")
 
 
 class BodyLimitMiddleware:
@@ -71,7 +68,8 @@ class BodyLimitMiddleware:
 
 
 class RequestIdMiddleware:
-    """Give every request an id (`X-Request-Id`), echoed back and logged; nothing secret."""
+    """Give every request an id (`X-Request-Id`), echoed back and kept in the scope
+    (`scope["request_id"]`) for the request's log lines; nothing secret."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -81,18 +79,12 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         request_id = secrets.token_hex(8)
+        scope["request_id"] = request_id  # for the middleware and handlers that log it
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
-                log.debug(
-                    "request %s %s %s -> %s",
-                    request_id,
-                    scope["method"],
-                    scope["path"],
-                    message["status"],
-                )
             await send(message)
 
         await self.app(scope, receive, send_with_id)

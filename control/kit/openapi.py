@@ -20,5 +20,43 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     )
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     schemas["Problem"] = Problem.model_json_schema()
+    for schema in schemas.values():
+        for example in schema.get("examples", ()):
+            _restore_nulls(schemas, schema, example)
     app.state.openapi_spec = spec
     return spec
+
+
+def _restore_nulls(schemas: dict[str, Any], schema: dict[str, Any], value: Any) -> None:
+    """Put back the nulls FastAPI drops from a model's examples when it encodes the document
+    (`exclude_none`): a required property an example object lacks was null in the model's
+    example, since the model's examples are valid for it."""
+    while True:
+        if "$ref" in schema:
+            schema = schemas[schema["$ref"].rsplit("/", 1)[-1]]
+            continue
+        # `X | None`: the value, not null, is an X.
+        branches = [b for b in schema.get("anyOf", ()) if b.get("type") != "null"]
+        if len(branches) != 1:
+            break
+        schema = branches[0]
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for item in value:
+            _restore_nulls(schemas, schema["items"], item)
+    if not isinstance(value, dict):
+        return
+    properties: dict[str, Any] = schema.get("properties", {})
+    for name in schema.get("required", ()):
+        if name not in value and _nullable(properties.get(name, {})):
+            value[name] = None
+    for name, item in value.items():
+        if name in properties:
+            _restore_nulls(schemas, properties[name], item)
+        elif isinstance(schema.get("additionalProperties"), dict):
+            _restore_nulls(schemas, schema["additionalProperties"], item)
+
+
+def _nullable(schema: dict[str, Any]) -> bool:
+    return schema.get("type") == "null" or any(
+        branch.get("type") == "null" for branch in schema.get("anyOf", ())
+    )

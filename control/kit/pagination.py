@@ -8,7 +8,7 @@ import json
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Depends, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from control.errors import InvalidRequest
 
@@ -19,9 +19,31 @@ _INT64 = range(-(2**63), 2**63)
 Item = TypeVar("Item")
 
 
+def _page_example(schema: dict[str, Any], page: type[BaseModel]) -> None:
+    """The example of `Page[X]`: a page of X's first example, and the cursor to the next."""
+    (item,) = page.__pydantic_generic_metadata__["args"] or (None,)
+    is_model = isinstance(item, type) and issubclass(item, BaseModel)
+    extra = item.model_config.get("json_schema_extra") if is_model else None
+    examples = extra.get("examples") if isinstance(extra, dict) else None
+    if not isinstance(examples, list) or not examples or not isinstance(examples[0], dict):
+        return
+    first = examples[0]
+    key = first.get("id", first.get("name"))
+    schema["examples"] = [
+        {"items": [first], "next_cursor": encode_cursor(key) if key is not None else None}
+    ]
+
+
 class Page(BaseModel, Generic[Item]):
-    items: list[Item]
-    next_cursor: str | None = None
+    """A page of a list. Pass `next_cursor` back as `?cursor=` for the next page."""
+
+    model_config = ConfigDict(json_schema_extra=_page_example)
+
+    items: list[Item] = Field(description="This page's items, in the list's order")
+    next_cursor: str | None = Field(
+        default=None,
+        description="The cursor of the next page (an opaque string), or null on the last page",
+    )
 
 
 class PageRequest(BaseModel):

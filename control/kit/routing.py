@@ -7,13 +7,14 @@ the successor and never reaches the spec. Nothing else in the project calls `add
 
 from __future__ import annotations
 
+import copy
 import enum
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
@@ -24,6 +25,12 @@ from control.errors import ERROR_CODES, PROBLEM_MEDIA_TYPE, problem_response
 class Status(enum.StrEnum):
     ACTIVE = "active"
     RETIRED = "retired"
+    # Served for operators' tools (a Prometheus scrape), not part of the clients' API: like a
+    # retired route, never in the spec.
+    OPERATIONS = "operations"
+    # A page for people (the interactive API docs and their assets): served beside the API,
+    # never part of it, so never in the spec.
+    PAGE = "page"
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,16 @@ class Route:
     status: Status = Status.ACTIVE
     successor: str | None = None
     response_headers: dict[str, str] = field(default_factory=dict)
+    # Request bodies of other media types than the JSON `request_model`, each answered by its
+    # own `endpoint(request)`. Such an endpoint runs without the route's guard and dependencies:
+    # it authenticates, opens its unit of work and shapes its answers itself, as the protocol
+    # behind that media type says, and reads the entry's `access` to apply the same rule.
+    media_endpoints: dict[str, Callable[[Request], Awaitable[Response]]] = field(
+        default_factory=dict
+    )
+    # Merged into the route's OpenAPI operation (FastAPI's `openapi_extra`): where the spec
+    # documents what the model-driven parts cannot say, such as the `media_endpoints` bodies.
+    openapi_extra: dict[str, Any] | None = None
 
     @property
     def documented_errors(self) -> tuple[str, ...]:
@@ -82,11 +99,33 @@ class Route:
         return tuple(sorted({ERROR_CODES[code][0] for code in self.documented_errors}))
 
 
+def media_type(request: Request) -> str:
+    """The request body's media type, without parameters, lower-cased."""
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
 class TableRoute(APIRoute):
     """A mounted route that knows its table entry, so a dependency can read the entry's
-    declaration (`request.scope["route"].entry`) without a lookup of its own."""
+    declaration (`request.scope["route"].entry`) without a lookup of its own.
+
+    A request whose body is of one of the entry's `media_endpoints` goes to that endpoint;
+    every other request to the route's FastAPI handler, exactly as if there were none."""
 
     entry: Route | None = None
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def dispatch(request: Request) -> Response:
+            # Read per request: the entry is attached after FastAPI builds the handler.
+            alternates = self.entry.media_endpoints if self.entry is not None else None
+            if alternates:
+                endpoint = alternates.get(media_type(request))
+                if endpoint is not None:
+                    return await endpoint(request)
+            return await handler(request)
+
+        return dispatch
 
 
 def table_entry(scope: Mapping[str, Any]) -> Route | None:
@@ -146,6 +185,9 @@ def check_table(routes: Sequence[Route]) -> None:
             continue
         if route.endpoint is None:
             raise ValueError(f"active route {route.path} has no endpoint")
+        for media in route.media_endpoints:
+            if media != media.strip().lower() or ";" in media or media == "application/json":
+                raise ValueError(f"{route.operation_id}: {media!r} cannot name another body")
         if route.request_model is not None:
             annotations = [
                 p.annotation
@@ -188,6 +230,9 @@ def mount_routes(
             status_code=route.status_code,
             responses=_problem_responses(route),
             dependencies=dependencies,
+            # A copy: FastAPI merges it into each spec it builds, sharing what it adds.
+            openapi_extra=copy.deepcopy(route.openapi_extra),
+            include_in_schema=route.status is Status.ACTIVE,
             route_class_override=TableRoute,
         )
         mounted = app.router.routes[-1]

@@ -14,22 +14,34 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from control.errors import ProblemError
-from control.grants import Grant, Op, make_grant, parse_query_set_ref
+from control.grants import Grant, Op, is_kind_wide, make_grant, parse_query_set_ref
+from control.observability.hooks import traced
 from control.policy.models import GrantRule, QuerySet
 from control.policy.repository import POLICY_REV, STREAMS_BY_ID
 from control.views import OrgView
 
-# Why a stream was not granted (DESIGN.md and `denied` entries).
+# Why a stream was not granted (`denied` entries of a token response, explain's `reason`).
 STREAM_NOT_FOUND = "stream_not_found"
 NOT_PERMITTED = "not_permitted"
 QUERY_SET_NOT_ALLOWED = "query_set_not_allowed"
+QUERY_SET_NOT_FOUND = "query_set_not_found"
 OP_NOT_ALLOWED = "op_not_allowed"
 DENIED_BY_RULE = "denied_by_rule"
+KIND_WIDE_NOT_PERMITTED = "kind_wide_not_permitted"
+DENIAL_REASONS = (
+    STREAM_NOT_FOUND,
+    NOT_PERMITTED,
+    QUERY_SET_NOT_ALLOWED,
+    OP_NOT_ALLOWED,
+    DENIED_BY_RULE,
+    KIND_WIDE_NOT_PERMITTED,
+)
 
 
 def check_stream_cap(streams: Sequence[str], cap: int) -> None:
     """What a request model cannot check: the configured cap on streams per token (minting and
-    explain alike). The models' patterns already hold every stream id to the grant grammar."""
+    explain alike). The models' patterns already hold every stream id to the grant grammar. A
+    kind-wide selector (`run:*`) is one entry, and counts as one stream."""
     if len(streams) > cap:
         raise ProblemError(
             "too_many_streams",
@@ -173,16 +185,24 @@ def decide(
     query_sets: Sequence[str] | None = None,
     ops: Sequence[Op] | None = None,
 ) -> list[Decision]:
-    """One decision per requested stream (in request order, duplicates once)."""
+    """One decision per requested stream or kind-wide selector (in request order, duplicates
+    once)."""
     wanted_ops = frozenset(ops) if ops else frozenset({Op.SUBSCRIBE})
     wanted_sets = _requested_names(query_sets)
     stream_ids = list(dict.fromkeys(streams))
+    # A selector is decided by the rules alone: it names no row, and whatever streams the org
+    # holds now, it also covers those registered later.
+    named = [stream_id for stream_id in stream_ids if not is_kind_wide(stream_id)]
     rows = {
         row.id: RegisteredStream(row.id, row.kind, row.owner_id)
-        for row in view.execute(STREAMS_BY_ID, ids=stream_ids)
+        for row in (view.execute(STREAMS_BY_ID, ids=named) if named else ())
     }
     return [
-        _decide_stream(policy, subject, stream_id, rows.get(stream_id), wanted_sets, wanted_ops)
+        _decide_kind_wide(policy, subject, stream_id, wanted_sets, wanted_ops)
+        if is_kind_wide(stream_id)
+        else _decide_stream(
+            policy, subject, stream_id, rows.get(stream_id), wanted_sets, wanted_ops
+        )
         for stream_id in stream_ids
     ]
 
@@ -207,12 +227,52 @@ def _decide_stream(
         (allows if rule.allow else denies).append(rule)
     if not allows:
         return _denied(stream_id, NOT_PERMITTED, (rule.id for rule in denies))
+    return _decide_sets_and_ops(
+        policy, stream_id, stream.kind, allows, denies, wanted_sets, wanted_ops
+    )
+
+
+def _decide_kind_wide(
+    policy: CompiledPolicy,
+    subject: Subject,
+    selector: str,
+    wanted_sets: dict[str, int | None] | None,
+    wanted_ops: frozenset[Op],
+) -> Decision:
+    """A kind-wide grant: every stream of the kind in the org, present and future.
+
+    Given only when the rules give the subject the kind across the whole org (an allow rule with
+    relation `org`) and no deny rule of the kind reaches the subject, whatever its relation: a
+    deny rule on some streams would take those out of "every stream", and an `owner` or `ids`
+    rule gives only some. Otherwise `kind_wide_not_permitted`, naming the rules in the way (the
+    deny rules, or else the `owner`/`ids` allow rules). What is granted is what the org-wide
+    rules give, which is what every stream of the kind gets, so explicit grants and a kind-wide
+    one never disagree on a stream."""
+    kind = selector[:-2]
+    rules = policy.rules_for(subject, kind)
+    denies = [rule.id for rule in rules if not rule.allow]
+    if denies:
+        return _denied(selector, KIND_WIDE_NOT_PERMITTED, denies)
+    org_wide = [rule for rule in rules if rule.allow and rule.relation == "org"]
+    if not org_wide:
+        return _denied(selector, KIND_WIDE_NOT_PERMITTED, (rule.id for rule in rules))
+    return _decide_sets_and_ops(policy, selector, kind, org_wide, [], wanted_sets, wanted_ops)
+
+
+def _decide_sets_and_ops(
+    policy: CompiledPolicy,
+    stream_id: str,
+    kind: str,
+    allows: list[CompiledRule],
+    denies: list[CompiledRule],
+    wanted_sets: dict[str, int | None] | None,
+    wanted_ops: frozenset[Op],
+) -> Decision:
+    """The query sets and ops the matching rules give a stream (or selector) of `kind`."""
 
     # Query sets that still exist and apply to this stream kind (policy may have moved on).
     def applicable(names: Iterable[str]) -> set[str]:
-        return {
-            n for n in names if n in policy.query_sets and stream.kind in policy.query_sets[n][1]
-        }
+        return {n for n in names if n in policy.query_sets and kind in policy.query_sets[n][1]}
 
     allowed_sets = applicable(name for rule in allows for name in rule.query_sets)
     allowed_ops = {op for rule in allows for op in rule.ops}
@@ -226,24 +286,29 @@ def _decide_stream(
     if wanted_sets is None:
         chosen_sets = allowed_sets - denied_sets
     else:
+        # A name the org never defined is a typo to point at, not a permission to withhold.
+        if any(name not in policy.query_sets for name in wanted_sets):
+            return _denied(stream_id, QUERY_SET_NOT_FOUND)
         requested_here = {
             name: version
             for name, version in wanted_sets.items()
-            if name in policy.query_sets and stream.kind in policy.query_sets[name][1]
+            if kind in policy.query_sets[name][1]
         }
+        # Denials name the allow rules that matched and fell short: what to change to allow.
+        allow_ids = [rule.id for rule in allows]
         if not requested_here and wanted_sets:
-            return _denied(stream_id, QUERY_SET_NOT_ALLOWED)
+            return _denied(stream_id, QUERY_SET_NOT_ALLOWED, allow_ids)
         for name, version in requested_here.items():
             if name not in allowed_sets:
-                return _denied(stream_id, QUERY_SET_NOT_ALLOWED)
+                return _denied(stream_id, QUERY_SET_NOT_ALLOWED, allow_ids)
             if name in denied_sets:
                 return _denied(stream_id, DENIED_BY_RULE, deny_ids)
             if version is not None and version != policy.query_sets[name][0]:
-                return _denied(stream_id, QUERY_SET_NOT_ALLOWED)
+                return _denied(stream_id, QUERY_SET_NOT_ALLOWED, allow_ids)
         chosen_sets = set(requested_here)
     for op in wanted_ops:
         if op not in allowed_ops:
-            return _denied(stream_id, OP_NOT_ALLOWED)
+            return _denied(stream_id, OP_NOT_ALLOWED, (rule.id for rule in allows))
         if op in denied_ops:
             return _denied(stream_id, DENIED_BY_RULE, deny_ids)
 
@@ -261,6 +326,7 @@ def _decide_stream(
     )
 
 
+@traced("policy.decide")
 def decide_current(
     view: OrgView,
     policies: PolicyCache,

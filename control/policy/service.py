@@ -14,6 +14,7 @@ from control.identity.models import Principal
 from control.identity.orgs import bump_policy_rev
 from control.kit.db import utcnow
 from control.kit.ids import new_id
+from control.observability.hooks import auto_revoked
 from control.policy.models import GrantRule, QuerySet, RetiredStreamId, Stream
 from control.policy.queries import query_problem
 from control.policy.schemas import (
@@ -40,8 +41,12 @@ def register_stream(view: OrgView, caller: Caller, body: StreamCreate) -> Stream
         stream_id = parse_stream_id(body.id)
     except GrammarError as exc:
         raise InvalidRequest(str(exc), errors=[{"loc": ["body", "id"], "type": exc.code}]) from None
-    owner_id = body.owner_id or caller.principal_id
-    if view.find(Principal, owner_id) is None:
+    # The owner defaults to the caller, when the caller is a principal of the org (the command
+    # line, applying a policy file, is not: its streams without an owner have none).
+    owner_id = body.owner_id
+    if owner_id is None and view.find(Principal, caller.principal_id) is not None:
+        owner_id = caller.principal_id
+    if owner_id is not None and view.find(Principal, owner_id) is None:
         raise InvalidRequest(f"owner {owner_id} is not a principal of this org")
     retired = view.session.get(RetiredStreamId, str(stream_id))
     if view.session.get(Stream, str(stream_id)) is not None or (
@@ -97,6 +102,33 @@ def delete_stream(view: OrgView, caller: Caller, stream: Stream) -> None:
         before=before,
         policy_rev=rev,
         revoked_subjects=len(holders),
+    )
+
+
+def update_stream(
+    view: OrgView, caller: Caller, stream: Stream, owner_id: str | None, labels: dict[str, str]
+) -> None:
+    """Change a stream's owner or labels. A new owner is a narrowing for the old one under
+    owner rules: whoever could hold the stream before and cannot now has its tokens revoked."""
+    if owner_id is not None and view.find(Principal, owner_id) is None:
+        raise InvalidRequest(f"owner {owner_id} is not a principal of this org")
+    before = _stream_summary(stream)
+    holders_before = _possible_holders(view, stream)
+    stream.owner_id = owner_id
+    stream.labels = dict(labels)
+    view.session.flush()
+    lost = holders_before - _possible_holders(view, stream)
+    rev = bump_policy_rev(view.session, view.org_id) if lost else None
+    _revoke_principals(view, lost, f"stream {stream.id} changed owner")
+    _audit(
+        view,
+        caller,
+        "stream.update",
+        stream.id,
+        before=before,
+        after=_stream_summary(stream),
+        policy_rev=rev,
+        revoked_subjects=len(lost),
     )
 
 
@@ -292,6 +324,13 @@ def rule_streams(rule: GrantRule) -> RuleStreams:
     )
 
 
+def summary_of(body: GrantRuleCreate) -> dict[str, Any]:
+    """What `rule_summary` would say of a rule made from `body`: its content, normalized."""
+    rule = GrantRule()
+    _apply(rule, body)
+    return rule_summary(rule)
+
+
 def _apply(rule: GrantRule, body: GrantRuleCreate) -> None:
     rule.effect = body.effect
     rule.subject_principal_ids = sorted(set(body.subjects.principal_ids))
@@ -400,5 +439,6 @@ def _revoke_subjects(
 
 
 def _revoke_principals(view: OrgView, principal_ids: set[str], reason: str) -> None:
+    auto_revoked(view.session, "policy", len(principal_ids))
     for principal_id in sorted(principal_ids):
         revoke(view.session, org_id=view.org_id, kind="subject", value=principal_id, reason=reason)

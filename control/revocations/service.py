@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from control.kit import locks
 from control.kit.db import utcnow
+from control.observability.hooks import revoked
 from control.revocations.models import Revocation
 from control.revocations.repository import JTI_REVOKED, SUBJECT_NOT_BEFORE
 from control.views import OrgView
@@ -46,6 +47,7 @@ def revoke(
     )
     session.add(row)
     session.flush()
+    revoked(session, kind, value)
     return row
 
 

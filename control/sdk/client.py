@@ -6,22 +6,32 @@ source = SyncTokenSource(base_url=..., api_key=..., streams=["run:01J9ZK"])
 source.token()    # the JWT; cached; refreshed after `refresh_after` (with jitter)
 ```
 
-`token()` never returns a token past its expiry: it refreshes once `refresh_after` (plus a small
-random delay, so a fleet does not stampede) has passed, and retries 429 / 503 / network errors
-with exponential backoff, honouring `Retry-After`. A 401 raises `CredentialRejected`, a 403
-`StreamsDenied` (with the `denied` list); neither is retried. `AsyncSyncTokenSource` is the
-asyncio twin.
+`token()` hands out the current token for as long as it is valid, and never waits for a
+refresh while it is: once `refresh_after` (plus a random share of the time left, so a fleet
+that minted together does not refresh together) has passed, one refresh starts in the
+background and callers keep the current token meanwhile. Only one refresh is ever in flight,
+however many threads ask. A refresh retries 429 / 503 / network errors with exponential
+backoff, honouring `Retry-After`; when all its attempts fail, the next one starts no sooner than
+about 0.5, 1, 2 ... seconds later (`backoff` doubled per failed refresh, capped at 30 s).
+
+Callers wait only when there is no valid token (a token is used until `expiry_margin`, 5 s,
+before its `expires_at`): on the first call, and after expiry. Before any token, a 401 raises
+`CredentialRejected` and a 403 `StreamsDenied` (with the `denied` list), neither retried. Once
+a token has expired and refreshing keeps failing, `TokenExpired` says so (its `__cause__` is
+the last failure), at once while the next refresh is not yet due. `AsyncSyncTokenSource` is the
+asyncio twin, with the same behaviour on its event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -33,6 +43,7 @@ __all__ = [
     "StreamsDenied",
     "SyncToken",
     "SyncTokenSource",
+    "TokenExpired",
     "TokenSourceError",
 ]
 
@@ -62,6 +73,12 @@ class StreamsDenied(TokenSourceError):
         self.denied = denied
 
 
+class TokenExpired(TokenSourceError):
+    """The token has expired (or is within `expiry_margin` of it) and refreshing it keeps failing.
+    `__cause__` is the last failure (`CredentialRejected`, `StreamsDenied` or another
+    `TokenSourceError`); `status` and `code` are its own."""
+
+
 @dataclass(frozen=True)
 class SyncToken:
     token: str
@@ -86,6 +103,7 @@ class _Policy:
     max_attempts: int
     backoff: float
     refresh_jitter: float
+    expiry_margin: float = 5.0
 
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"streams": list(self.streams)}
@@ -100,7 +118,7 @@ class _Policy:
 
     def still_valid(self, current: SyncToken | None, now: float) -> bool:
         # A margin, so the token is not already dead when it reaches the server.
-        return current is not None and now < current.expires_at - 5
+        return current is not None and now < current.expires_at - self.expiry_margin
 
     def parse(self, response: httpx.Response) -> SyncToken | float:
         """The token, or the seconds to wait before retrying; raises when retrying is futile."""
@@ -139,10 +157,12 @@ class SourceOptions(TypedDict, total=False):
     max_attempts: int
     backoff: float
     refresh_jitter: float
+    expiry_margin: float
 
 
 class _TokenSourceBase:
-    """What both sources hold: the request they make, the credential, the current token."""
+    """What both sources hold: the request they make, the credential, the current token, and
+    how the last refreshes went."""
 
     def __init__(
         self,
@@ -156,12 +176,62 @@ class _TokenSourceBase:
         max_attempts: int = 5,
         backoff: float = 0.5,
         refresh_jitter: float = 0.5,
+        expiry_margin: float = 5.0,
     ) -> None:
         self._policy = _Policy(
-            streams, query_sets, ops, ttl_seconds, device_id, max_attempts, backoff, refresh_jitter
+            streams,
+            query_sets,
+            ops,
+            ttl_seconds,
+            device_id,
+            max_attempts,
+            backoff,
+            refresh_jitter,
+            expiry_margin,
         )
         self._headers = {"Authorization": f"Bearer {api_key}"}
         self._current: SyncToken | None = None
+        self._failures = 0  # refreshes in a row whose every attempt failed
+        self._retry_at = 0.0  # no refresh starts before this (epoch seconds)
+        self._last_error: BaseException | None = None
+
+    def _may_refresh(self, now: float) -> bool:
+        return now >= self._retry_at
+
+    def _settle(self, outcome: SyncToken | BaseException) -> None:
+        """Record a finished refresh: the new token, or a failure that defers the next one."""
+        if isinstance(outcome, SyncToken):
+            self._current, self._failures, self._retry_at = outcome, 0, 0.0
+            self._last_error = None
+            return
+        self._retry_at = time.time() + self._policy.delay(self._failures, -1.0)
+        self._failures += 1
+        self._last_error = outcome
+
+    def _failure(self, error: BaseException | None) -> TokenSourceError:
+        """What a caller left without a valid token is told."""
+        if self._current is not None:
+            expired_at = datetime.fromtimestamp(self._current.expires_at, UTC).isoformat()
+            expired = TokenExpired(
+                f"the sync token expired at {expired_at} and refreshing it keeps failing: {error}",
+                status=getattr(error, "status", None),
+                code=getattr(error, "code", None),
+            )
+            expired.__cause__ = error
+            return expired
+        if isinstance(error, TokenSourceError):
+            return error
+        failed = TokenSourceError(f"no token: {error}")
+        failed.__cause__ = error
+        return failed
+
+
+class _Flight:
+    """One refresh in flight, which every caller without a valid token waits for."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.outcome: SyncToken | BaseException | None = None
 
 
 class SyncTokenSource(_TokenSourceBase):
@@ -180,27 +250,63 @@ class SyncTokenSource(_TokenSourceBase):
         self._http = http or httpx.Client(base_url=base_url, timeout=10.0)
         self._owns_http = http is None
         self._lock = threading.Lock()
+        self._flight: _Flight | None = None
+        self._closed = threading.Event()
 
     def token(self) -> str:
-        """A valid sync token, fetching a new one when the cached one is due for refresh."""
+        """A valid sync token; see the module's description for when it waits."""
         return self.current().token
 
     def current(self) -> SyncToken:
+        now = time.time()
+        current = self._current
+        if current is not None and now < current.refresh_after:
+            return current
         with self._lock:
-            if self._current is None or not self._policy.fresh(self._current, time.time()):
-                try:
-                    self._current = self._fetch()
-                except (CredentialRejected, StreamsDenied):
-                    raise
-                except TokenSourceError:
-                    if not self._policy.still_valid(self._current, time.time()):
-                        raise  # otherwise keep the unexpired token and retry next call
-            assert self._current is not None
-            return self._current
+            current = self._current
+            if self._policy.still_valid(current, now):
+                assert current is not None
+                due = now >= current.refresh_after and self._may_refresh(now)
+                if due and self._flight is None:
+                    self._start()
+                return current
+            flight = self._flight
+            if flight is None:
+                if self._last_error is not None and not self._may_refresh(now):
+                    raise self._failure(self._last_error)
+                flight = self._start()
+        flight.done.wait()
+        outcome = flight.outcome
+        if isinstance(outcome, SyncToken):
+            return outcome
+        with self._lock:
+            raise self._failure(outcome)
+
+    def _start(self) -> _Flight:
+        """Start the one refresh (with `_lock` held)."""
+        flight = self._flight = _Flight()
+        threading.Thread(
+            target=self._refresh, args=(flight,), name="control-token-refresh", daemon=True
+        ).start()
+        return flight
+
+    def _refresh(self, flight: _Flight) -> None:
+        outcome: SyncToken | BaseException
+        try:
+            outcome = self._fetch()
+        except Exception as exc:  # handed to whoever waits, or kept for the next caller
+            outcome = exc
+        with self._lock:
+            self._settle(outcome)
+            self._flight = None
+        flight.outcome = outcome
+        flight.done.set()
 
     def _fetch(self) -> SyncToken:
         last_error: Exception | None = None
         for attempt in range(self._policy.max_attempts):
+            if self._closed.is_set():
+                raise TokenSourceError("the token source is closed")
             try:
                 response = self._http.post(
                     TOKEN_PATH, json=self._policy.body(), headers=self._headers
@@ -211,10 +317,11 @@ class SyncTokenSource(_TokenSourceBase):
             if isinstance(outcome, SyncToken):
                 return outcome
             if attempt + 1 < self._policy.max_attempts:
-                time.sleep(self._policy.delay(attempt, outcome))
+                self._closed.wait(self._policy.delay(attempt, outcome))
         raise TokenSourceError(f"no token after {self._policy.max_attempts} attempts: {last_error}")
 
     def close(self) -> None:
+        self._closed.set()
         if self._owns_http:
             self._http.close()
 
@@ -226,7 +333,8 @@ class SyncTokenSource(_TokenSourceBase):
 
 
 class AsyncSyncTokenSource(_TokenSourceBase):
-    """The asyncio twin of `SyncTokenSource`: `await source.token()`."""
+    """The asyncio twin of `SyncTokenSource`: `await source.token()`. Bound to the event loop
+    it is first used on."""
 
     def __init__(
         self,
@@ -240,23 +348,43 @@ class AsyncSyncTokenSource(_TokenSourceBase):
         super().__init__(api_key, streams, **options)
         self._http = http or httpx.AsyncClient(base_url=base_url, timeout=10.0)
         self._owns_http = http is None
-        self._lock = asyncio.Lock()
+        self._flight: asyncio.Task[SyncToken | BaseException] | None = None
 
     async def token(self) -> str:
         return (await self.current()).token
 
     async def current(self) -> SyncToken:
-        async with self._lock:
-            if self._current is None or not self._policy.fresh(self._current, time.time()):
-                try:
-                    self._current = await self._fetch()
-                except (CredentialRejected, StreamsDenied):
-                    raise
-                except TokenSourceError:
-                    if not self._policy.still_valid(self._current, time.time()):
-                        raise
-            assert self._current is not None
-            return self._current
+        # No await between reading the state and starting a refresh: on one event loop, that
+        # makes the check and the start one step, so one refresh is in flight at a time.
+        now = time.time()
+        current = self._current
+        if current is not None and now < current.refresh_after:
+            return current
+        if self._policy.still_valid(current, now):
+            assert current is not None
+            if self._flight is None and self._may_refresh(now):
+                self._flight = asyncio.create_task(self._refresh())
+            return current
+        flight = self._flight
+        if flight is None:
+            if self._last_error is not None and not self._may_refresh(now):
+                raise self._failure(self._last_error)
+            flight = self._flight = asyncio.create_task(self._refresh())
+        # Shielded: a caller that gives up (is cancelled) does not cancel the others' refresh.
+        outcome = await asyncio.shield(flight)
+        if isinstance(outcome, SyncToken):
+            return outcome
+        raise self._failure(outcome)
+
+    async def _refresh(self) -> SyncToken | BaseException:
+        outcome: SyncToken | BaseException
+        try:
+            outcome = await self._fetch()
+        except Exception as exc:  # handed to whoever waits, or kept for the next caller
+            outcome = exc
+        self._settle(outcome)
+        self._flight = None
+        return outcome
 
     async def _fetch(self) -> SyncToken:
         last_error: Exception | None = None
@@ -275,5 +403,10 @@ class AsyncSyncTokenSource(_TokenSourceBase):
         raise TokenSourceError(f"no token after {self._policy.max_attempts} attempts: {last_error}")
 
     async def aclose(self) -> None:
+        flight, self._flight = self._flight, None
+        if flight is not None:
+            flight.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flight
         if self._owns_http:
             await self._http.aclose()

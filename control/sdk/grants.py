@@ -1,5 +1,9 @@
-"""The grant grammar: the one definition of stream ids, query-set references, ops, scopes, the
-`grants` claim and how a grant is matched.
+"""The grant grammar: the one definition of stream ids, stream selectors, query-set references,
+ops, scopes, the `grants` claim and how a grant is matched.
+
+A grant names either one stream (`run:01J9ZK`) or, with the selector `<kind>:*`, every stream of
+that kind in the token's org, present and future (a *kind-wide* grant). No other wildcard shape
+exists: `run:01*`, `*:*`, `*:x` and `run:*x` are refused like any other malformed stream.
 
 Minting, explain, introspection, `control.runtime` and the SpacetimeDB module's test vectors
 (`tests/vectors/`) all use this module, so what the control plane issues is exactly what the
@@ -18,10 +22,16 @@ STREAM_KIND_PATTERN = r"[a-z][a-z0-9_]{0,31}"
 STREAM_KEY_PATTERN = r"[A-Za-z0-9._~-]{1,128}"
 QUERY_SET_NAME_PATTERN = r"[a-z][a-z0-9_]{0,63}"
 STREAM_ID_PATTERN = rf"{STREAM_KIND_PATTERN}:{STREAM_KEY_PATTERN}"
+# The key of a kind-wide selector; `*` is no character of a stream key, so a selector is never
+# a stream id and a stream id never a selector.
+KIND_WIDE_KEY = "*"
+# What a grant (and a token request) may name: a stream id, or `<kind>:*`.
+STREAM_SELECTOR_PATTERN = rf"{STREAM_KIND_PATTERN}:(?:\*|{STREAM_KEY_PATTERN})"
 QUERY_SET_REF_PATTERN = rf"{QUERY_SET_NAME_PATTERN}(@[1-9][0-9]{{0,8}})?"
 
 _STREAM_KIND = re.compile(rf"^{STREAM_KIND_PATTERN}\Z")
 _STREAM_ID = re.compile(rf"^({STREAM_KIND_PATTERN}):({STREAM_KEY_PATTERN})\Z")
+_STREAM_SELECTOR = re.compile(rf"^({STREAM_KIND_PATTERN}):(\*|{STREAM_KEY_PATTERN})\Z")
 _QUERY_SET_NAME = re.compile(rf"^{QUERY_SET_NAME_PATTERN}\Z")
 _QUERY_SET_REF = re.compile(rf"^({QUERY_SET_NAME_PATTERN})@([1-9][0-9]{{0,8}})\Z")
 
@@ -56,7 +66,9 @@ class GrammarError(ValueError):
 
 
 class GrantDecision(ValueError):
-    """A grant does not cover a request; `code` is one of the `*_not_granted` codes."""
+    """A grant does not cover a request; `code` is one of the `*_not_granted` codes, or
+    `stream_org_required` when only a kind-wide grant could cover the stream and the stream's
+    org was not given."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -65,8 +77,14 @@ class GrantDecision(ValueError):
 
 @dataclass(frozen=True, order=True)
 class StreamId:
+    """A stream id, or (from `parse_stream_selector`) a kind-wide selector, whose key is `*`."""
+
     kind: str
     key: str
+
+    @property
+    def kind_wide(self) -> bool:
+        return self.key == KIND_WIDE_KEY
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.key}"
@@ -83,6 +101,40 @@ def parse_stream_id(value: object) -> StreamId:
     if not isinstance(value, str) or (match := _STREAM_ID.match(value)) is None:
         raise GrammarError("invalid_stream_id", _not_a_stream_id(value))
     return StreamId(match.group(1), match.group(2))
+
+
+def _not_a_stream_selector(value: object) -> str:
+    return (
+        f"{value!r} is not a stream id or kind-wide selector (`<kind>:<key>` or `<kind>:*`, "
+        f"kind {STREAM_KIND_PATTERN}, key {STREAM_KEY_PATTERN})"
+    )
+
+
+def parse_stream_selector(value: object) -> StreamId:
+    """A stream id, or a kind-wide selector `<kind>:*` (its `kind_wide` is true)."""
+    if not isinstance(value, str) or (match := _STREAM_SELECTOR.match(value)) is None:
+        raise GrammarError("invalid_stream_selector", _not_a_stream_selector(value))
+    return StreamId(match.group(1), match.group(2))
+
+
+def is_kind_wide(stream: str) -> bool:
+    """Whether `stream`, a value that follows the selector grammar, is a kind-wide selector."""
+    return stream.endswith(":*")
+
+
+def stream_kind(stream: object) -> str | None:
+    """The kind of a stream id; None for anything else, a kind-wide selector included."""
+    if not isinstance(stream, str) or (match := _STREAM_ID.match(stream)) is None:
+        return None
+    return match.group(1)
+
+
+def selector_covers(selector: str, stream: str) -> bool:
+    """Whether a grant naming `selector` names `stream`, orgs aside: the same stream, or a
+    kind-wide selector and a stream id of its kind. The org is the caller's to check."""
+    if is_kind_wide(selector):
+        return stream_kind(stream) == selector[:-2]
+    return selector == stream
 
 
 def is_stream_kind(value: object) -> bool:
@@ -130,11 +182,16 @@ def scope_for(ops: Iterable[Op]) -> str:
 
 @dataclass(frozen=True)
 class Grant:
-    """One entry of the `grants` claim: a stream, the query sets and the ops allowed on it."""
+    """One entry of the `grants` claim: a stream (or a kind-wide selector), the query sets and
+    the ops allowed on it."""
 
     stream: str
     query_sets: tuple[str, ...]
     ops: tuple[Op, ...]
+
+    @property
+    def kind_wide(self) -> bool:
+        return is_kind_wide(self.stream)
 
     def to_claim(self) -> dict[str, Any]:
         return {"stream": self.stream, "query_sets": list(self.query_sets), "ops": list(self.ops)}
@@ -193,8 +250,8 @@ def parse_grants(value: object) -> tuple[Grant, ...]:
 
 def _parse_entry(stream: object, query_sets: object, ops: object) -> Grant:
     """One entry of a `grants` claim; a value that matches its pattern is already canonical."""
-    if type(stream) is not str or _STREAM_ID.match(stream) is None:
-        raise _Malformed(_not_a_stream_id(stream))
+    if type(stream) is not str or _STREAM_SELECTOR.match(stream) is None:
+        raise _Malformed(_not_a_stream_selector(stream))
     if type(query_sets) is not list or len(query_sets) > MAX_QUERY_SETS_PER_GRANT:
         raise _Malformed(f"query_sets of {stream} is not a list of at most 32 refs")
     if type(ops) is not list or not ops:
@@ -214,14 +271,50 @@ def _parse_entry(stream: object, query_sets: object, ops: object) -> Grant:
 
 
 def authorize(
-    grants: Sequence[Grant], stream: str, query_set: str | None = None, op: Op | str = Op.SUBSCRIBE
+    grants: Sequence[Grant],
+    stream: str,
+    query_set: str | None = None,
+    op: Op | str = Op.SUBSCRIBE,
+    *,
+    token_org: str | None = None,
+    stream_org: str | None = None,
 ) -> Grant:
-    """The grant covering `stream`, `query_set` and `op`, or `GrantDecision` saying what not."""
+    """The grant covering `stream`, `query_set` and `op`, or `GrantDecision` saying what not.
+
+    A grant naming `stream` itself covers it. A kind-wide grant (`run:*`) covers a stream of its
+    kind only in the token's org (`token_org`), and the grants cannot tell which org holds a
+    stream: the caller says, as `stream_org`. Without it, a stream only a kind-wide grant could
+    cover is `stream_org_required`. A `stream_org` other than `token_org` is
+    `stream_not_granted` whatever the grants name: no grant reaches into another org.
+    """
+    refused: GrantDecision | None = None
     for grant in grants:
         if grant.stream == stream:
-            grant.allows(query_set, op)
+            # A selector names streams but is none: asking about `run:*` itself finds nothing.
+            if (stream_org is not None and stream_org != token_org) or grant.kind_wide:
+                break
+            try:
+                grant.allows(query_set, op)
+            except GrantDecision as exc:
+                refused = exc
+                break
             return grant
-    raise GrantDecision("stream_not_granted", f"{stream} is not granted")
+    kind = stream_kind(stream)
+    wide = (
+        next((g for g in grants if g.kind_wide and g.stream[:-2] == kind), None) if kind else None
+    )
+    if wide is None:
+        raise refused or GrantDecision("stream_not_granted", f"{stream} is not granted")
+    if stream_org is None:
+        raise GrantDecision(
+            "stream_org_required",
+            f"{stream} is covered only by the kind-wide grant {wide.stream}, which holds in the "
+            "token's org alone: name the org that holds the stream (stream_org)",
+        )
+    if token_org is None or stream_org != token_org:
+        raise GrantDecision("stream_not_granted", f"{stream} is not granted")
+    wide.allows(query_set, op)
+    return wide
 
 
 class ClaimsRejected(ValueError):

@@ -6,26 +6,63 @@ v = GrantVerifier(issuer=..., audience=..., jwks_url=...,
                   revocations_url=None, api_key=None, poll_interval=10.0)
 claims = v.verify(token)              # raises TokenRejected(code=...)
 v.authorize(claims, stream="run:01J9ZK", query_set="run_events", op="subscribe")
+v.authorize(claims, stream="run:01J9ZK", op="append", stream_org=holder)  # for `run:*` grants
 ```
 
-Keys are cached by (issuer, kid) for as long as the JWKS response's `Cache-Control` allows and
-refetched on an unknown `kid` at most once per `min_refetch_interval`. Only ES256 and RS256 are
-accepted, whatever a token's header claims; `jku`, `x5u` and `jwk` headers are never followed.
-Claim checks and grant matching come from `control.grants`, the same module the control plane
-mints with. With a revocation feed configured, a background thread follows it and `verify`
-rejects revoked `jti`s and tokens of revoked subjects issued before the revocation. Once keys
-and revocations are cached, `verify` and `authorize` make no network call.
+A token may carry a kind-wide grant (`run:*`): every stream of that kind in the token's org,
+including streams registered after it was minted. Only the service knows which org holds a
+stream, so `authorize` applies such a grant only when the caller passes `stream_org`, the org
+that holds the stream (from the service's own records, never from the client): equal to the
+token's `org_id`, the grant covers the stream; any other org is `stream_not_granted`; left out,
+a stream only a kind-wide grant covers is `stream_org_required`. Grants naming the stream itself
+need no `stream_org`; when it is given, it must be the token's org for them too.
+
+Keys are cached by (issuer, kid). Once the JWKS response's `Cache-Control` max-age has passed,
+a token signed by a known key still verifies at once while one background thread refetches the
+JWKS (stale-while-revalidate); a failed refetch is retried after 1, 2, 4 ... seconds, capped at
+`max_jwks_backoff` (60 s), so an outage of the control plane costs no verify any latency and
+the keys in hand keep working. Only a `kid` the cache has never seen makes `verify` fetch the
+JWKS itself (or wait for a fetch already under way), at most once per `min_refetch_interval`
+however many such tokens arrive. That fetch is the one network wait `verify` can have, so in an
+event loop use `await verifier.verify_async(token)`: it does that fetch on a worker thread and
+is otherwise `verify`, with no thread hop for a known key or a cached token. Only ES256 and
+RS256 are accepted, whatever a token's header claims; `jku`, `x5u` and `jwk` headers are never
+followed. Claim checks and grant matching come from `control.grants`, the same module the
+control plane mints with.
+
+Revocations are read from the control plane's revocation feed, which is per org (each org's
+service keys read that org's revocations, and there is no feed across orgs): a runtime that
+serves several orgs follows one feed per org, each with a service key of that org:
+
+```python
+v = GrantVerifier(issuer=..., audience=..., jwks_url=..., feeds=[
+    FeedSource(f"{base}/api/sync/revocations", api_key=acme_service_key, org_id=acme_org_id),
+    FeedSource(f"{base}/api/sync/revocations", api_key=globex_service_key, org_id=globex_org_id),
+])
+```
+
+(`revocations_url=` with `api_key=` is the one-feed shorthand.) Each feed is followed by its own
+background thread, so one that fails or hangs holds no other back; a feed that names its
+`org_id` revokes only that org's tokens, so no org's admin can revoke another org's tokens here.
+`verify` rejects revoked `jti`s and tokens of revoked subjects issued before the revocation. An
+entry is dropped once every token it covers has expired: `revocation_horizon` seconds (default
+900, the longest token lifetime the control plane mints, plus `leeway`) after its `not_before`;
+set it to the control plane's `CONTROL_TOKEN_TTL_MAX_SECONDS` plus `leeway` if that differs. The
+constructor reads every feed once and raises if one cannot be read; after that a failing feed
+keeps the revocations it delivered and is retried every `poll_interval`. Once keys and
+revocations are cached, `verify` and `authorize` make no network call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 import json
 import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -48,12 +85,15 @@ from control.sdk.grants import (
 )
 from control.sdk.grants import authorize as match_grant
 
-__all__ = ["GrantDenied", "GrantVerifier", "TokenRejected", "verify_token"]
+__all__ = ["FeedSource", "GrantDenied", "GrantVerifier", "TokenRejected", "verify_token"]
 
 log = logging.getLogger("control.runtime")
 
 ALLOWED_ALGS = frozenset({"ES256", "RS256"})
 MAX_TOKEN_BYTES = 16 * 1024
+# The longest lifetime the control plane gives a token (CONTROL_TOKEN_TTL_MAX_SECONDS' default):
+# a revocation older than this (plus leeway) covers no token that could still verify.
+MAX_TOKEN_TTL = 900
 _MAX_AGE = re.compile(r"max-age=(\d+)")
 
 
@@ -69,7 +109,8 @@ class TokenRejected(Exception):
 
 class GrantDenied(Exception):
     """The token's grants do not cover the request. `code` is one of: stream_not_granted,
-    query_set_not_granted, op_not_granted."""
+    query_set_not_granted, op_not_granted, stream_org_required (only a kind-wide grant could
+    cover the stream, and `authorize` was not told the stream's org)."""
 
     def __init__(self, code: str, message: str = "") -> None:
         super().__init__(message or code)
@@ -302,39 +343,83 @@ def _parse_grants_cached(value: Any) -> tuple[Grant, ...]:
 
 
 def authorize(
-    claims: Mapping[str, Any], stream: str, query_set: str | None = None, op: str = "subscribe"
+    claims: Mapping[str, Any],
+    stream: str,
+    query_set: str | None = None,
+    op: str = "subscribe",
+    *,
+    stream_org: str | None = None,
 ) -> Grant:
-    """Check verified claims cover `stream`, `query_set` (name or `name@version`) and `op`."""
+    """Check verified claims cover `stream`, `query_set` (name or `name@version`) and `op`.
+
+    `stream_org` is the org that holds `stream`, as the caller's own records say: a kind-wide
+    grant (`run:*`) covers the stream only when it is the token's `org_id`
+    (`stream_org_required` when a kind-wide grant would be needed and it is not given)."""
     try:
         grants = _parse_grants_cached(claims.get("grants"))
     except GrammarError:
         raise GrantDenied("stream_not_granted", "the token carries no valid grants") from None
-    return _match(grants, stream, query_set, op)
-
-
-def _match(grants: tuple[Grant, ...], stream: str, query_set: str | None, op: str) -> Grant:
+    if stream_org is None:  # the token's org matters only beside the stream's
+        try:
+            return match_grant(grants, stream, query_set, op)
+        except GrantDecision as exc:
+            raise GrantDenied(exc.code, str(exc)) from None
+    token_org = claims.get("org_id")
     try:
-        return match_grant(grants, stream, query_set, op)
+        return match_grant(
+            grants,
+            stream,
+            query_set,
+            op,
+            token_org=token_org if type(token_org) is str else None,
+            stream_org=stream_org,
+        )
     except GrantDecision as exc:
         raise GrantDenied(exc.code, str(exc)) from None
 
 
+@dataclass(frozen=True)
+class FeedSource:
+    """One org's revocation feed: its URL (`{control plane}/api/sync/revocations`), a service
+    key of that org, and optionally the org's id, so its entries revoke only that org's tokens
+    (without it, they apply to every token, as with one feed)."""
+
+    url: str
+    api_key: str | None = None
+    org_id: str | None = None
+
+
 class _Revocations:
-    """What the revocation feed has said so far."""
+    """What one revocation feed has said so far, each entry kept until the tokens it covers
+    have all expired."""
 
     def __init__(self) -> None:
-        self.jtis: set[str] = set()
+        # jti / subject -> `not_before` (epoch seconds): for a jti, no later than the revoked
+        # token's own `iat`; for a subject, every covered token's `iat` is before it.
+        self.jtis: dict[str, int] = {}
         self.subjects: dict[str, int] = {}
         self.cursor: str | None = None
 
     def apply(self, entry: Mapping[str, Any]) -> None:
         kind, value = entry.get("kind"), str(entry.get("value"))
+        not_before = _epoch(entry.get("not_before"))
         if kind == "jti":
-            self.jtis.add(value)
-        elif kind == "subject":
-            not_before = _epoch(entry.get("not_before"))
-            if not_before is not None:
-                self.subjects[value] = max(self.subjects.get(value, 0), not_before)
+            # Without a usable time, hold the entry for a whole horizon from now.
+            self.jtis[value] = not_before if not_before is not None else int(time.time())
+        elif kind == "subject" and not_before is not None:
+            self.subjects[value] = max(self.subjects.get(value, 0), not_before)
+
+    def prune(self, now: float, horizon: float) -> int:
+        """Drop the entries whose every covered token expired (plus leeway) before `now`: a
+        token they cover has `iat` at most `not_before`, so it expired by `not_before` plus
+        the longest lifetime. Returns how many were dropped."""
+        dropped = 0
+        for entries in (self.jtis, self.subjects):
+            stale = [key for key, not_before in entries.items() if not_before + horizon < now]
+            for key in stale:
+                del entries[key]
+            dropped += len(stale)
+        return dropped
 
     def reason(self, claims: Mapping[str, Any]) -> str | None:
         if self.jtis and claims["jti"] in self.jtis:
@@ -344,6 +429,19 @@ class _Revocations:
             if not_before is not None and claims["iat"] < not_before:
                 return "revoked"
         return None
+
+
+class _Feed:
+    """One followed feed: where it is, what it said, and the thread following it."""
+
+    def __init__(self, source: FeedSource) -> None:
+        self.source = source
+        self.headers = {"Authorization": f"Bearer {source.api_key}"} if source.api_key else {}
+        self.revocations = _Revocations()
+        self.thread: threading.Thread | None = None
+
+    def covers(self, claims: Mapping[str, Any]) -> bool:
+        return self.source.org_id is None or claims.get("org_id") == self.source.org_id
 
 
 def _epoch(value: Any) -> int | None:
@@ -359,6 +457,10 @@ def _epoch(value: Any) -> int | None:
     return None
 
 
+class _FetchNeeded(Exception):
+    """A token names a key not in the cache, and looking it up would fetch the JWKS now."""
+
+
 class GrantVerifier:
     """Verify sync tokens locally and check their grants. Thread-safe."""
 
@@ -372,8 +474,12 @@ class GrantVerifier:
         poll_interval: float = 10.0,
         leeway: int = 30,
         *,
+        feeds: Iterable[FeedSource | tuple[str, str | None]] = (),
+        revocation_horizon: float | None = None,
         min_refetch_interval: float = 30.0,
         default_jwks_max_age: float = 300.0,
+        jwks_backoff: float = 1.0,
+        max_jwks_backoff: float = 60.0,
         cache_size: int = 10_000,
         http: httpx.Client | None = None,
     ) -> None:
@@ -383,97 +489,190 @@ class GrantVerifier:
         self.revocations_url = revocations_url
         self.poll_interval = poll_interval
         self.leeway = leeway
+        self.revocation_horizon = (
+            revocation_horizon if revocation_horizon is not None else MAX_TOKEN_TTL + leeway
+        )
         self.min_refetch_interval = min_refetch_interval
         self.default_jwks_max_age = default_jwks_max_age
+        self.jwks_backoff = jwks_backoff
+        self.max_jwks_backoff = max_jwks_backoff
         self._http = http or httpx.Client(timeout=5.0)
         self._owns_http = http is None
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._keys: dict[tuple[str, str], VerificationKey] = {}
         self._keys_expire_at = 0.0
+        # When the last JWKS fetch started, and when a background refresh may next start
+        # (pushed out by failures). Reads need no lock; writes hold `_lock`.
         self._last_fetch = float("-inf")
+        self._next_refresh = 0.0
+        self._failed_refreshes = 0
+        self._refresher: threading.Thread | None = None
         self._lock = threading.Lock()
+        # Held by whichever thread is fetching the JWKS: one fetch at a time.
+        self._fetch_lock = threading.Lock()
         # token -> (exp, the claims' JSON text). Bytes, not the claims: every call hands out
         # claims of its own, which the caller may change freely, and the cache stays small.
         self._verified: dict[str, tuple[int, bytes]] = {}
         self._cache_size = cache_size
-        self._revocations = _Revocations()
         self._stop = threading.Event()
-        self._poller: threading.Thread | None = None
-        if revocations_url is not None:
-            self.poll_revocations()
-            self._poller = threading.Thread(
-                target=self._poll_forever, name="control-revocations", daemon=True
+        sources = [FeedSource(revocations_url, api_key)] if revocations_url is not None else []
+        for given in feeds:
+            sources.append(given if isinstance(given, FeedSource) else FeedSource(*given))
+        self._feeds = [_Feed(source) for source in sources]
+        self.poll_revocations()
+        for index, feed in enumerate(self._feeds):
+            feed.thread = threading.Thread(
+                target=self._follow, args=(feed,), name=f"control-revocations-{index}", daemon=True
             )
-            self._poller.start()
+            feed.thread.start()
 
     # --- keys -----------------------------------------------------------------------------
 
-    def _fetch_keys(self) -> None:
-        response = self._http.get(self.jwks_url)
-        response.raise_for_status()
-        keys: dict[tuple[str, str], VerificationKey] = {}
-        for jwk in response.json().get("keys", []):
-            kid = jwk.get("kid")
-            key = key_from_jwk(jwk) if isinstance(kid, str) else None
-            if key is not None:
-                keys[(self.issuer, kid)] = key
+    def _fetch_keys(self) -> bool:
+        """Fetch the JWKS, with `_fetch_lock` held; whether it worked. A failure keeps the keys
+        in hand and pushes the next background refresh out, exponentially up to a cap."""
+        started = time.monotonic()
+        with self._lock:
+            self._last_fetch = started
+        try:
+            response = self._http.get(self.jwks_url)
+            response.raise_for_status()
+            keys: dict[tuple[str, str], VerificationKey] = {}
+            for jwk in response.json().get("keys", []):
+                kid = jwk.get("kid")
+                key = key_from_jwk(jwk) if isinstance(kid, str) else None
+                if key is not None:
+                    keys[(self.issuer, kid)] = key
+        except (httpx.HTTPError, ValueError, AttributeError):
+            with self._lock:
+                self._failed_refreshes += 1
+                backoff = self.jwks_backoff * 2.0 ** (self._failed_refreshes - 1)
+                self._next_refresh = time.monotonic() + min(backoff, self.max_jwks_backoff)
+            log.warning("fetching the JWKS failed; serving the keys in hand")
+            return False
         match = _MAX_AGE.search(response.headers.get("cache-control", ""))
         max_age = float(match.group(1)) if match else self.default_jwks_max_age
-        now = time.monotonic()
         with self._lock:
             self._keys = keys
-            self._keys_expire_at = now + max_age
-            self._last_fetch = now
+            self._keys_expire_at = started + max_age
+            self._failed_refreshes = 0
+            self._next_refresh = 0.0
+        return True
+
+    def _refresh_if_stale(self) -> None:
+        """Start one background refresh once the JWKS max-age has passed; never waits."""
+        now = time.monotonic()
+        if now < self._keys_expire_at or now < self._next_refresh or self._refresher is not None:
+            return
+        with self._lock:
+            if self._refresher is not None or self._stop.is_set():
+                return
+            refresher = self._refresher = threading.Thread(
+                target=self._refresh, name="control-jwks-refresh", daemon=True
+            )
+        refresher.start()
+
+    def _refresh(self) -> None:
+        try:
+            with self._fetch_lock:
+                now = time.monotonic()  # another fetch may have just succeeded, or failed
+                if now >= self._keys_expire_at and now >= self._next_refresh:
+                    self._fetch_keys()
+        finally:
+            with self._lock:
+                self._refresher = None
+
+    def _unknown_kid_may_fetch(self) -> bool:
+        # A fetch under way may bring the key; otherwise fetch at most once per interval, so a
+        # flood of tokens with made-up kids cannot turn into a flood of fetches.
+        return (
+            self._fetch_lock.locked()
+            or time.monotonic() - self._last_fetch >= self.min_refetch_interval
+        )
 
     def _find_key(self, kid: str) -> VerificationKey | None:
-        now = time.monotonic()
         key = self._keys.get((self.issuer, kid))
-        if key is not None and now < self._keys_expire_at:
+        if key is not None:
+            self._refresh_if_stale()
             return key
-        # Expired cache, or a kid we have not seen: refetch, but never more than once per
-        # interval, so a flood of tokens with made-up kids cannot turn into a flood of fetches.
-        if key is None and now - self._last_fetch < self.min_refetch_interval:
+        if not self._unknown_kid_may_fetch():
             return None
-        try:
-            self._fetch_keys()
-        except (httpx.HTTPError, ValueError):
-            log.warning("fetching the JWKS failed; using the cached keys")
-            with self._lock:
-                self._last_fetch = now
+        with self._fetch_lock:  # waits for a fetch under way rather than starting another
+            key = self._keys.get((self.issuer, kid))
+            if key is None and time.monotonic() - self._last_fetch >= self.min_refetch_interval:
+                self._fetch_keys()
+                key = self._keys.get((self.issuer, kid))
+        return key
+
+    def _find_key_without_fetching(self, kid: str) -> VerificationKey | None:
+        key = self._keys.get((self.issuer, kid))
+        if key is not None:
+            self._refresh_if_stale()
             return key
-        return self._keys.get((self.issuer, kid))
+        if self._unknown_kid_may_fetch():
+            raise _FetchNeeded
+        return None
 
     # --- revocations ----------------------------------------------------------------------
 
     def poll_revocations(self) -> int:
-        """Read the revocation feed from where it was left; returns the entries applied."""
-        if self.revocations_url is None:
-            return 0
+        """Read every revocation feed from where it was left, dropping entries past the
+        horizon; returns the entries applied. Raises if a feed cannot be read."""
+        return sum(self._poll(feed) for feed in self._feeds)
+
+    def _poll(self, feed: _Feed) -> int:
+        revocations = feed.revocations
         applied = 0
         while True:
-            params = {"after": self._revocations.cursor} if self._revocations.cursor else {}
-            response = self._http.get(self.revocations_url, params=params, headers=self._headers)
+            params = {"after": revocations.cursor} if revocations.cursor else {}
+            response = self._http.get(feed.source.url, params=params, headers=feed.headers)
             response.raise_for_status()
             page = response.json()
             with self._lock:
                 for entry in page.get("items", []):
-                    self._revocations.apply(entry)
+                    revocations.apply(entry)
                     applied += 1
-                self._revocations.cursor = page.get("next_cursor") or self._revocations.cursor
+                revocations.cursor = page.get("next_cursor") or revocations.cursor
             if not page.get("items"):
-                return applied
+                break
+        with self._lock:
+            dropped = revocations.prune(time.time(), self.revocation_horizon)
+        if dropped:
+            log.debug("dropped %d revocations whose tokens have all expired", dropped)
+        return applied
 
-    def _poll_forever(self) -> None:
+    def _follow(self, feed: _Feed) -> None:
         while not self._stop.wait(self.poll_interval):
             try:
-                self.poll_revocations()
-            except (httpx.HTTPError, ValueError):
-                log.warning("polling the revocation feed failed; will retry")
+                self._poll(feed)
+            except (httpx.HTTPError, ValueError, AttributeError):
+                log.warning("polling the revocation feed %s failed; will retry", feed.source.url)
+
+    def _revoked(self, claims: Mapping[str, Any]) -> str | None:
+        for feed in self._feeds:
+            if feed.covers(claims):
+                reason = feed.revocations.reason(claims)
+                if reason is not None:
+                    return reason
+        return None
 
     # --- public API -----------------------------------------------------------------------
 
     def verify(self, token: str) -> dict[str, Any]:
         """The token's claims, or `TokenRejected` with a code."""
+        return self._check(token, self._find_key)
+
+    async def verify_async(self, token: str) -> dict[str, Any]:
+        """`verify` for an event loop: the one case that fetches (a key never seen, at most
+        once per `min_refetch_interval`) runs on a worker thread; every other call returns
+        without awaiting anything."""
+        try:
+            return self._check(token, self._find_key_without_fetching)
+        except _FetchNeeded:
+            return await asyncio.to_thread(self.verify, token)
+
+    def _check(
+        self, token: str, find_key: Callable[[str], VerificationKey | None]
+    ) -> dict[str, Any]:
         cached = self._verified.get(token) if isinstance(token, str) else None
         if cached is not None:
             exp, payload = cached
@@ -482,7 +681,7 @@ class GrantVerifier:
             claims = _json_object(payload)
         else:
             verified = _verify(
-                token, self._find_key, issuer=self.issuer, audience=self.audience,
+                token, find_key, issuer=self.issuer, audience=self.audience,
                 leeway=self.leeway, now=None,
             )  # fmt: skip
             claims = verified.claims
@@ -492,7 +691,7 @@ class GrantVerifier:
                 self._verified[token] = (claims["exp"], verified.payload)
                 if len(self._verified) > self._cache_size:  # the oldest goes first
                     del self._verified[next(iter(self._verified))]
-        reason = self._revocations.reason(claims)
+        reason = self._revoked(claims) if self._feeds else None
         if reason is not None:
             raise TokenRejected(reason, "the token has been revoked")
         return claims
@@ -503,14 +702,18 @@ class GrantVerifier:
         stream: str,
         query_set: str | None = None,
         op: str = "subscribe",
+        *,
+        stream_org: str | None = None,
     ) -> Grant:
-        """The grant covering the request, or `GrantDenied` with a code."""
-        return authorize(claims, stream, query_set, op)
+        """The grant covering the request, or `GrantDenied` with a code. Pass `stream_org`, the
+        org your records say holds `stream`, for a kind-wide grant (`run:*`) to count."""
+        return authorize(claims, stream, query_set, op, stream_org=stream_org)
 
     def close(self) -> None:
         self._stop.set()
-        if self._poller is not None:
-            self._poller.join(timeout=5)
+        for thread in [feed.thread for feed in self._feeds] + [self._refresher]:
+            if thread is not None:
+                thread.join(timeout=5)
         if self._owns_http:
             self._http.close()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from control.grants import Op
+from control.grants import Op, stream_kind
 from control.keys.service import KeySnapshot
 from control.policy.models import Stream
 from control.revocations.service import revocation_reason
@@ -42,14 +42,28 @@ def introspect(
         policy_rev=claims.get("policy_rev"),
     )
     if body.stream is not None:
+        # The registry has the last word: a grant on a stream the org has since deleted (or
+        # never held) allows nothing, whatever the token says. It is also what a kind-wide
+        # grant (`run:*`) needs: the stream's org, which is this org when the stream is
+        # registered here and unknown otherwise (another org's stream reads as a missing one).
+        # Only a stream id is looked up: other text is no stream, and may hold what a database
+        # refuses (NUL).
+        registered = (
+            stream_kind(body.stream) is not None and view.find(Stream, body.stream) is not None
+        )
         try:
-            authorize(claims, body.stream, body.query_set, body.op or Op.SUBSCRIBE)
-            # The registry has the last word: a grant on a stream the org has since deleted
-            # (or never held) allows nothing, whatever the token says.
-            if view.find(Stream, body.stream) is None:
-                raise GrantDenied("stream_not_found", f"{body.stream} is not a stream of this org")
+            authorize(
+                claims,
+                body.stream,
+                body.query_set,
+                body.op or Op.SUBSCRIBE,
+                stream_org=view.org_id if registered else None,
+            )
             answer.allowed = True
         except GrantDenied as exc:
             answer.allowed = False
             answer.reason = exc.code
+        if not registered and (answer.allowed or answer.reason == "stream_org_required"):
+            answer.allowed = False
+            answer.reason = "stream_not_found"
     return answer

@@ -10,7 +10,8 @@ import math
 import random
 import re
 import secrets
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,7 +27,9 @@ from control.grants import (
 )
 from control.identity.caller import Caller
 from control.keys.service import KeySnapshot
+from control.observability.hooks import traced
 from control.policy.engine import (
+    KIND_WIDE_NOT_PERMITTED,
     Decision,
     PolicyCache,
     Subject,
@@ -57,9 +60,16 @@ class Refused:
     """Streams were not granted and the request did not accept a partial token."""
 
     denied: list[Denial]
+    # For a refused kind-wide selector, the rules in its way: what the caller has to ask an
+    # admin about, since no single stream of the kind explains the refusal.
+    rules_in_the_way: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def problem(self) -> ProblemError:
-        names = ", ".join(f"{d.stream} ({d.reason})" for d in self.denied[:5])
+        def named(denial: Denial) -> str:
+            rules = self.rules_in_the_way.get(denial.stream)
+            return f"{denial.stream} ({denial.reason}{': ' + ', '.join(rules) if rules else ''})"
+
+        names = ", ".join(named(d) for d in self.denied[:5])
         return ProblemError(
             "stream_not_granted",
             f"not granted: {names}" + (" …" if len(self.denied) > 5 else ""),
@@ -111,19 +121,29 @@ def mint(
         if not d.allowed
     ]
     if denied and (not body.allow_partial or not granted):
+        in_the_way = {
+            d.stream: d.rule_ids
+            for d in decisions
+            if d.reason == KIND_WIDE_NOT_PERMITTED and d.rule_ids
+        }
         Auditor(session, actor, caller.org_id).record(
             "token.denied",
             caller.principal_id,
             {
-                "denied": [d.model_dump() for d in denied],
+                "denied": [
+                    d.model_dump()
+                    | ({"rule_ids": list(in_the_way[d.stream])} if d.stream in in_the_way else {})
+                    for d in denied
+                ],
                 "requested": len(decisions),
                 "policy_rev": policy_rev,
             },
         )
-        return Refused(denied)
+        return Refused(denied, in_the_way)
     return _sign(settings, keys, session, caller, body, granted, denied, ttl, policy_rev, actor)
 
 
+@traced("token.sign")
 def _sign(
     settings: Settings,
     keys: KeySnapshot,

@@ -13,7 +13,9 @@
 // Every grant row and every data row carries an org, and a row is visible or writable only
 // through a grant of the same org AND the same stream. Stream ids are unique across orgs in the
 // control plane; matching on the pair as well means a stream id bound to another org can never
-// open that org's rows.
+// open that org's rows. A kind-wide grant (`run:*`) matches on the org and the stream's kind (the
+// part of its id before `:`), so it opens every stream of that kind in its own org, including
+// streams whose first row is written after the connection opened, and nothing of another org.
 //
 // Pure code: no import from `spacetimedb`; `index.ts` wires it to tables, reducers and views.
 
@@ -26,8 +28,12 @@ export const STREAM_KIND_PATTERN = '[a-z][a-z0-9_]{0,31}';
 export const STREAM_KEY_PATTERN = '[A-Za-z0-9._~-]{1,128}';
 export const QUERY_SET_NAME_PATTERN = '[a-z][a-z0-9_]{0,63}';
 
+/** The key of a kind-wide selector `<kind>:*`; `*` is no character of a stream key. */
+export const KIND_WIDE_KEY = '*';
+
 // JavaScript's `$` without the `m` flag matches only at the very end, like Python's `\Z`.
 const STREAM_ID = new RegExp(`^(${STREAM_KIND_PATTERN}):(${STREAM_KEY_PATTERN})$`);
+const STREAM_SELECTOR = new RegExp(`^(${STREAM_KIND_PATTERN}):(\\*|${STREAM_KEY_PATTERN})$`);
 const QUERY_SET_REF = new RegExp(`^(${QUERY_SET_NAME_PATTERN})@([1-9][0-9]{0,8})$`);
 
 /** Bounds on a claim we parse, so a hostile token cannot make us do unbounded work. */
@@ -67,7 +73,8 @@ export class GrantDecision extends Error {
   }
 }
 
-export type GrantDecisionCode = 'stream_not_granted' | 'query_set_not_granted' | 'op_not_granted';
+export type GrantDecisionCode =
+  'stream_not_granted' | 'query_set_not_granted' | 'op_not_granted' | 'stream_org_required';
 
 const show = (value: unknown): string => {
   try {
@@ -87,6 +94,37 @@ export function parseStreamId(value: JsonValue | undefined): { kind: string; key
     );
   }
   return { kind: match[1] as string, key: match[2] as string };
+}
+
+/** A stream id, or a kind-wide selector `<kind>:*` (its key is `KIND_WIDE_KEY`). */
+export function parseStreamSelector(value: JsonValue | undefined): { kind: string; key: string } {
+  const match = typeof value === 'string' ? STREAM_SELECTOR.exec(value) : null;
+  if (match === null) {
+    throw new GrammarError(
+      'invalid_stream_selector',
+      `${show(value)} is not a stream id or kind-wide selector (\`<kind>:<key>\` or ` +
+        `\`<kind>:*\`, kind ${STREAM_KIND_PATTERN}, key ${STREAM_KEY_PATTERN})`,
+    );
+  }
+  return { kind: match[1] as string, key: match[2] as string };
+}
+
+/** Whether `stream`, a value that follows the selector grammar, is a kind-wide selector. */
+export function isKindWide(stream: string): boolean {
+  return stream.endsWith(':*');
+}
+
+/** The kind of a stream id; null for anything else, a kind-wide selector included. */
+export function streamKindOf(stream: string): string | null {
+  const match = STREAM_ID.exec(stream);
+  return match === null ? null : (match[1] as string);
+}
+
+/** Whether a grant naming `selector` names `stream`, orgs aside: the same stream, or a
+ * kind-wide selector and a stream id of its kind (Python: `selector_covers`). */
+export function selectorCovers(selector: string, stream: string): boolean {
+  if (isKindWide(selector)) return streamKindOf(stream) === selector.slice(0, -2);
+  return selector === stream;
 }
 
 export function parseQuerySetRef(value: JsonValue | undefined): { name: string; version: number } {
@@ -137,7 +175,7 @@ export function parseGrants(value: JsonValue | undefined): Grant[] {
     }
     let stream: string;
     try {
-      const id = parseStreamId(entry['stream']);
+      const id = parseStreamSelector(entry['stream']);
       stream = `${id.kind}:${id.key}`;
     } catch (error) {
       throw malformed(messageOf(error));
@@ -207,20 +245,50 @@ export function grantAllows(grant: Grant, querySet: string | null, op: Op | stri
 }
 
 /** The grant covering `stream`, `querySet` and `op`, or `GrantDecision` saying what not
- * (Python: `authorize`). */
+ * (Python: `authorize`). A kind-wide grant covers a stream of its kind only when the stream's
+ * org (`streamOrg`) is known and is the token's (`tokenOrg`): `stream_org_required` when only a
+ * kind-wide grant could cover the stream and `streamOrg` is null; a `streamOrg` other than
+ * `tokenOrg` is `stream_not_granted` whatever the grants name. */
 export function authorize(
   grants: Iterable<Grant>,
   stream: string,
   querySet: string | null = null,
   op: Op | string = 'subscribe',
+  tokenOrg: string | null = null,
+  streamOrg: string | null = null,
 ): Grant {
-  for (const grant of grants) {
-    if (grant.stream === stream) {
-      grantAllows(grant, querySet, op);
-      return grant;
+  const all = [...grants];
+  let refused: GrantDecision | null = null;
+  const exact = all.find((grant) => grant.stream === stream && !isKindWide(grant.stream));
+  if (exact !== undefined && (streamOrg === null || streamOrg === tokenOrg)) {
+    try {
+      grantAllows(exact, querySet, op);
+      return exact;
+    } catch (error) {
+      if (!(error instanceof GrantDecision)) throw error;
+      refused = error;
     }
   }
-  throw new GrantDecision('stream_not_granted', `${stream} is not granted`);
+  const kind = streamKindOf(stream);
+  const wide =
+    kind === null
+      ? undefined
+      : all.find((grant) => isKindWide(grant.stream) && grant.stream.slice(0, -2) === kind);
+  if (wide === undefined) {
+    throw refused ?? new GrantDecision('stream_not_granted', `${stream} is not granted`);
+  }
+  if (streamOrg === null) {
+    throw new GrantDecision(
+      'stream_org_required',
+      `${stream} is covered only by the kind-wide grant ${wide.stream}, which holds in the ` +
+        "token's org alone: name the org that holds the stream (stream_org)",
+    );
+  }
+  if (tokenOrg === null || streamOrg !== tokenOrg) {
+    throw new GrantDecision('stream_not_granted', `${stream} is not granted`);
+  }
+  grantAllows(wide, querySet, op);
+  return wide;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -478,6 +546,12 @@ export interface OrgStream {
   readonly stream: string;
 }
 
+/** Every stream of one kind in one org: what a kind-wide grant row opens. */
+export interface OrgKind {
+  readonly org_id: string;
+  readonly kind: string;
+}
+
 /** One string per (org, stream) pair, distinct for distinct pairs whatever the strings hold
  * (`stream_head`'s key). */
 export function orgStreamKey(orgId: string, stream: string): string {
@@ -492,32 +566,61 @@ export function rowOpensView(row: GrantRowLike, view: ViewName): boolean {
   return (QUERY_SET_VIEWS[name] as readonly ViewName[]).includes(view);
 }
 
-/** The (org, stream) pairs `view` shows, given the viewer's grant rows (all connections of its
- * identity), in the order they are first granted. */
+/** The (org, stream) pairs `view` shows through grants naming the stream, given the viewer's
+ * grant rows (all connections of its identity), in the order they are first granted. A stream
+ * whose kind a kind-wide row of the same org opens is left out: `visibleKinds` covers it. */
 export function visibleStreams(rows: Iterable<GrantRowLike>, view: ViewName): OrgStream[] {
+  const opened = [...rows].filter((row) => rowOpensView(row, view));
+  const kinds = new Set(visibleKinds(opened, view).map((k) => orgStreamKey(k.org_id, k.kind)));
   const streams: OrgStream[] = [];
   const seen = new Set<string>();
-  for (const row of rows) {
+  for (const row of opened) {
+    if (isKindWide(row.stream)) continue;
     const key = orgStreamKey(row.org_id, row.stream);
-    if (!seen.has(key) && rowOpensView(row, view)) {
-      seen.add(key);
-      streams.push({ org_id: row.org_id, stream: row.stream });
-    }
+    const kind = streamKindOf(row.stream);
+    if (seen.has(key) || (kind !== null && kinds.has(orgStreamKey(row.org_id, kind)))) continue;
+    seen.add(key);
+    streams.push({ org_id: row.org_id, stream: row.stream });
   }
   return streams;
 }
 
-/** What `view` shows: every row of every (org, stream) the viewer's grant rows open for it. The
- * module passes an index lookup on (org_id, stream_id) as `rowsOfStream`; tests pass a filter over
- * plain data. A row the lookup returns is kept only when its own org and stream are the granted
- * pair, so a lookup that matched on the stream alone still shows no other org's rows. */
+/** The (org, kind) pairs `view` shows through kind-wide grant rows, in the order they are first
+ * granted. */
+export function visibleKinds(rows: Iterable<GrantRowLike>, view: ViewName): OrgKind[] {
+  const kinds: OrgKind[] = [];
+  const seen = new Set<string>();
+  for (const row of rows) {
+    if (!isKindWide(row.stream) || !rowOpensView(row, view)) continue;
+    const kind = row.stream.slice(0, -2);
+    const key = orgStreamKey(row.org_id, kind);
+    if (seen.has(key)) continue;
+    seen.add(key);
+    kinds.push({ org_id: row.org_id, kind });
+  }
+  return kinds;
+}
+
+/** What `view` shows: every row of every (org, stream) and every (org, kind) the viewer's grant
+ * rows open for it, each row once. The module passes index lookups on (org_id, stream_id), the
+ * second a range over the ids of one kind (`<kind>:` up to `<kind>;`), as `rowsOfStream` and
+ * `rowsOfKind`; tests pass filters over plain data. A row a lookup returns is kept only when its
+ * own org and stream (or kind) are the granted pair, so a lookup that matched on the stream or
+ * kind alone still shows no other org's rows. */
 export function visibleRows<R extends DataRowLike>(
   view: ViewName,
   rows: Iterable<GrantRowLike>,
   rowsOfStream: (orgId: string, stream: string) => Iterable<R>,
+  rowsOfKind: (orgId: string, kind: string) => Iterable<R>,
 ): R[] {
+  const grants = [...rows];
   const out: R[] = [];
-  for (const { org_id, stream } of visibleStreams(rows, view)) {
+  for (const { org_id, kind } of visibleKinds(grants, view)) {
+    for (const row of rowsOfKind(org_id, kind)) {
+      if (row.org_id === org_id && streamKindOf(row.stream_id) === kind) out.push(row);
+    }
+  }
+  for (const { org_id, stream } of visibleStreams(grants, view)) {
     for (const row of rowsOfStream(org_id, stream)) {
       if (row.org_id === org_id && row.stream_id === stream) out.push(row);
     }
@@ -527,8 +630,10 @@ export function visibleRows<R extends DataRowLike>(
 
 /** The caller's grant row (of the calling connection) that allows `op` on `stream` of `orgId`;
  * raises `GrantDecision` with `stream_not_granted` or `op_not_granted` otherwise, as
- * `control.grants.authorize(grants, stream, None, op)` does. A grant of the same stream in
- * another org does not count. */
+ * `control.grants.authorize(grants, stream, None, op, token_org=orgId, stream_org=orgId)` does.
+ * A row naming the stream covers it, and so does a kind-wide row of the stream's kind (a
+ * kind-wide `append` grant appends to any stream of that kind in the org). A grant in another
+ * org does not count, and a selector is no stream: nothing is ever written to `run:*` itself. */
 export function authorizeOp<R extends GrantRowLike>(
   rows: Iterable<R>,
   orgId: string,
@@ -536,8 +641,17 @@ export function authorizeOp<R extends GrantRowLike>(
   op: Op,
 ): R {
   let streamGranted = false;
-  for (const row of rows) {
-    if (row.org_id !== orgId || row.stream !== stream) continue;
+  const kind = streamKindOf(stream);
+  const candidates = [...rows].filter(
+    (row) =>
+      row.org_id === orgId &&
+      (isKindWide(row.stream)
+        ? kind !== null && row.stream.slice(0, -2) === kind
+        : row.stream === stream),
+  );
+  // A row naming the stream first, as `authorize` tries the grant naming it first.
+  candidates.sort((a, b) => Number(isKindWide(a.stream)) - Number(isKindWide(b.stream)));
+  for (const row of candidates) {
     if (row.ops.includes(op)) return row;
     streamGranted = true;
   }

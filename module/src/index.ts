@@ -3,10 +3,10 @@
 // SpacetimeDB validates our sync tokens (OIDC discovery + JWKS) before a connection opens, but
 // views cannot read JWT claims. So `client_connected` checks the claims itself and copies the
 // token's `grants` into the private `sync_grant` table; the public views join the private data
-// tables with `sync_grant` on the viewer's identity and on (org, stream), so each client sees only
-// its granted streams of its own org. SpacetimeDB checks `exp` only when a connection opens, so a
-// scheduled reducer deletes grant rows whose token has expired, and the views stop showing those
-// streams.
+// tables with `sync_grant` on the viewer's identity and on (org, stream), or on (org, kind) for a
+// kind-wide grant (`run:*`), so each client sees only its granted streams of its own org.
+// SpacetimeDB checks `exp` only when a connection opens, so a scheduled reducer deletes grant rows
+// whose token has expired, and the views stop showing those streams.
 //
 // All the rules (claim checks, grant grammar, grant rows, visibility, op checks, expiry,
 // revocation) are pure code in `grants.ts`, tested on the shared vectors in `tests/vectors/`;
@@ -124,6 +124,16 @@ const stream_head = table(
     last_seq: t.u64(),
   },
 );
+
+/** Every stream id of one kind, as a range of the (org_id, stream_id) index: ids of kind `run`
+ * are exactly the strings from `run:` up to, not including, `run;` (`;` follows `:`). Kinds
+ * sharing a prefix (`run_v2`) fall outside, and `visibleRows` checks each row's kind again. */
+function kindRange(kind: string): Range<string> {
+  return new Range<string>(
+    { tag: 'included', value: `${kind}:` },
+    { tag: 'excluded', value: `${kind};` },
+  );
+}
 
 /** Events of every stream, in `seq` order per (org, stream). */
 const stream_event = table(
@@ -533,8 +543,9 @@ export const checkpoint = spacetimedb.reducer(
 // ---------------------------------------------------------------------------------------------
 // Views: what clients subscribe to (`SELECT * FROM run_event_view`)
 
-/** Events of the (org, stream) pairs the viewer holds a `subscribe` grant for, through a query
- * set that opens this view (`run_events`). */
+/** Events of the (org, stream) pairs the viewer holds a `subscribe` grant for, and of every
+ * stream of the (org, kind) pairs it holds a kind-wide one for, through a query set that opens
+ * this view (`run_events`). */
 export const run_event_view = spacetimedb.view(
   { name: 'run_event_view', public: true },
   t.array(stream_event.rowType),
@@ -543,11 +554,13 @@ export const run_event_view = spacetimedb.view(
       'run_event_view',
       ctx.db.sync_grant.identity.filter(ctx.sender),
       (org_id, stream) => ctx.db.stream_event.org_stream.filter([org_id, stream]),
+      (org_id, kind) => ctx.db.stream_event.org_stream.filter([org_id, kindRange(kind)]),
     ),
 );
 
-/** Checkpoints of the (org, stream) pairs the viewer holds a `subscribe` grant for, through a
- * query set that opens this view (`run_events`, `run_checkpoints`). */
+/** Checkpoints of the (org, stream) pairs the viewer holds a `subscribe` grant for, and of every
+ * stream of the (org, kind) pairs it holds a kind-wide one for, through a query set that opens
+ * this view (`run_events`, `run_checkpoints`). */
 export const run_checkpoint_view = spacetimedb.view(
   { name: 'run_checkpoint_view', public: true },
   t.array(stream_checkpoint.rowType),
@@ -556,5 +569,6 @@ export const run_checkpoint_view = spacetimedb.view(
       'run_checkpoint_view',
       ctx.db.sync_grant.identity.filter(ctx.sender),
       (org_id, stream) => ctx.db.stream_checkpoint.org_stream.filter([org_id, stream]),
+      (org_id, kind) => ctx.db.stream_checkpoint.org_stream.filter([org_id, kindRange(kind)]),
     ),
 );

@@ -16,11 +16,14 @@ import {
   parseGrants,
   parseQuerySetRef,
   parseStreamId,
+  parseStreamSelector,
   orgStreamKey,
   querySetName,
   revocationExpiresAt,
   rowOpensView,
   scopeFor,
+  selectorCovers,
+  streamKindOf,
   utf8Length,
   validateSyncClaims,
   visibleRows,
@@ -271,8 +274,84 @@ describe('grammar', () => {
     ];
     const byStreamOnly = (_org: string, stream: string) =>
       events.filter((row) => row.stream_id === stream);
-    const shown = visibleRows('run_event_view', grants, byStreamOnly).map((row) => row.id);
-    assert.deepStrictEqual(shown, [1]);
+    const byKindOnly = (_org: string, kind: string) =>
+      events.filter((row) => row.stream_id.startsWith(`${kind}:`));
+    const shown = visibleRows('run_event_view', grants, byStreamOnly, byKindOnly);
+    assert.deepStrictEqual(
+      shown.map((row) => row.id),
+      [1],
+    );
+    const wide = grantRows(
+      [{ stream: 'run:*', query_sets: ['run_events@3'], ops: ['subscribe'] }],
+      'org_a',
+      NOW,
+    );
+    const everything = () => events;
+    const shownWide = visibleRows('run_event_view', wide, everything, everything);
+    assert.deepStrictEqual(
+      shownWide.map((row) => row.id),
+      [1, 3],
+    );
+  });
+
+  it('parses kind-wide selectors and no other wildcard', () => {
+    assert.deepStrictEqual(parseStreamSelector('run:*'), { kind: 'run', key: '*' });
+    assert.deepStrictEqual(parseStreamSelector('run:01J9ZK'), { kind: 'run', key: '01J9ZK' });
+    for (const bad of ['run:01*', '*:*', '*:x', 'run:*x', 'run:**', 'run*', '*']) {
+      assert.throws(() => parseStreamSelector(bad), /not a stream id or kind-wide selector/, bad);
+    }
+    // A selector names streams; it is not one.
+    assert.throws(() => parseStreamId('run:*'), /not a stream id/);
+    assert.equal(streamKindOf('run:*'), null);
+    assert.equal(streamKindOf('run_v2:a'), 'run_v2');
+    assert.ok(selectorCovers('run:*', 'run:a'));
+    assert.ok(!selectorCovers('run:*', 'run_v2:a'));
+    assert.ok(!selectorCovers('run:*', 'run:*'));
+  });
+
+  it('authorizes kind-wide grants like control.grants.authorize', () => {
+    const grants = parseGrants(
+      parseJson(
+        '[{"stream": "run:*", "query_sets": ["run_events@3"], "ops": ["subscribe", "append"]},' +
+          ' {"stream": "run:a", "query_sets": [], "ops": ["checkpoint"]}]',
+      ),
+    );
+    const code = (fn: () => unknown) => {
+      try {
+        fn();
+      } catch (error) {
+        assert.ok(error instanceof GrantDecision);
+        return error.code;
+      }
+      return 'ok';
+    };
+    assert.equal(authorize(grants, 'run:b', null, 'append', 'org_a', 'org_a').stream, 'run:*');
+    assert.equal(authorize(grants, 'run:a', null, 'checkpoint').stream, 'run:a');
+    assert.equal(authorize(grants, 'run:a', null, 'append', 'org_a', 'org_a').stream, 'run:*');
+    assert.equal(
+      code(() => authorize(grants, 'run:b', null, 'append', 'org_a')),
+      'stream_org_required',
+    );
+    assert.equal(
+      code(() => authorize(grants, 'run:b', null, 'append', 'org_a', 'org_b')),
+      'stream_not_granted',
+    );
+    assert.equal(
+      code(() => authorize(grants, 'run:a', null, 'checkpoint', 'org_a', 'org_b')),
+      'stream_not_granted',
+    );
+    assert.equal(
+      code(() => authorize(grants, 'worker:w', null, 'subscribe', 'org_a', 'org_a')),
+      'stream_not_granted',
+    );
+    assert.equal(
+      code(() => authorize(grants, 'run:*', null, 'subscribe', 'org_a', 'org_a')),
+      'stream_not_granted',
+    );
+    assert.equal(
+      code(() => authorize(grants, 'run:b', null, 'checkpoint', 'org_a', 'org_a')),
+      'op_not_granted',
+    );
   });
 
   it('takes the org of an op from the matching grant row, never a grant of another org', () => {

@@ -184,9 +184,20 @@ describe('views.json', () => {
       for (const [identity, perView] of Object.entries(testCase.expect)) {
         const mine = rows.filter((row) => row.identity === identity);
         for (const [view, expectedIds] of Object.entries(perView) as [ViewName, number[]][]) {
-          // As the module's (org_id, stream_id) index lookup does.
-          const shown = visibleRows(view, mine, (org, stream) =>
-            data[view].filter((item) => item.org_id === org && item.stream_id === stream),
+          // As the module's (org_id, stream_id) index lookups do: one pair, or one org's range
+          // of ids `<kind>:` up to `<kind>;`.
+          const shown = visibleRows(
+            view,
+            mine,
+            (org, stream) =>
+              data[view].filter((item) => item.org_id === org && item.stream_id === stream),
+            (org, kind) =>
+              data[view].filter(
+                (item) =>
+                  item.org_id === org &&
+                  item.stream_id >= `${kind}:` &&
+                  item.stream_id < `${kind};`,
+              ),
           );
           assert.deepStrictEqual(
             shown.map((item) => item.id).sort((a, b) => a - b),
