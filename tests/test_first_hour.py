@@ -73,3 +73,11 @@ def test_pages_are_routes_of_the_table_but_not_of_the_api(client: TestClient) ->
     for route in pages:
         assert route.path not in spec["paths"]
         assert route.access.public
+
+
+def test_a_credential_needs_no_body(org_a: OrgFixture, client: TestClient) -> None:
+    # Every field of the request is optional, so the body is too.
+    headers = {"Authorization": f"Bearer {org_a.admin.key}"}
+    issued = client.post(f"/api/admin/principals/{org_a.admin_id}/credentials", headers=headers)
+    assert issued.status_code == 201, issued.text
+    assert issued.json()["key"].startswith("ctl_")

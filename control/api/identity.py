@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from fastapi import Response
+from typing import Annotated
+
+from fastapi import Body, Response
 
 from control.api.auth import CallerDep, ViewDep
 from control.api.deps import SessionDep, StateDep
@@ -68,7 +70,8 @@ def delete_principal(principal_id: str, view: ViewDep, caller: CallerDep) -> Res
 
 def create_credential(
     principal_id: str,
-    body: CredentialCreate,
+    # Every field is optional, so is the body: no body is `{}`.
+    body: Annotated[CredentialCreate, Body(default_factory=CredentialCreate)],
     view: ViewDep,
     caller: CallerDep,
     state: StateDep,

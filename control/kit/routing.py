@@ -12,7 +12,7 @@ import enum
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, get_args, get_origin
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
@@ -189,8 +189,9 @@ def check_table(routes: Sequence[Route]) -> None:
             if media != media.strip().lower() or ";" in media or media == "application/json":
                 raise ValueError(f"{route.operation_id}: {media!r} cannot name another body")
         if route.request_model is not None:
+            # `Annotated[Model, Body(...)]` takes the model too (a body with a default).
             annotations = [
-                p.annotation
+                get_args(p.annotation)[0] if get_origin(p.annotation) is Annotated else p.annotation
                 for p in inspect.signature(route.endpoint, eval_str=True).parameters.values()
             ]
             if route.request_model not in annotations:
