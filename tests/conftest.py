@@ -3,7 +3,10 @@ transaction per test, and the app served over that transaction."""
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +25,7 @@ from control.kit.db import make_engine
 from control.migrate import upgrade
 from control.settings import Settings
 from control.state import AppState
+from harness import grouping
 from harness.keys import KEK, PEPPER
 from tests.factories import OrgFixture, bootstrap
 from tests.pg import reachable_postgres, scratch_database
@@ -126,11 +130,21 @@ def session(state: AppState) -> Iterator[Session]:
         yield session
 
 
+# Threads a test may leave calling the app through its client: the token source refreshes in
+# the background and returns the still-valid token at once.
+BACKGROUND_CALLERS = ("control-token-refresh",)
+
+
 @pytest.fixture
 def client(state: AppState) -> Iterator[TestClient]:
     app = create_app(state=state, background=False)
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client
+        # Closing the client under a request still in flight from another thread can leave
+        # its event loop waiting forever: let those requests finish first.
+        for thread in threading.enumerate():
+            if thread.name in BACKGROUND_CALLERS:
+                thread.join(timeout=30)
 
 
 @pytest.fixture(autouse=True)
@@ -166,31 +180,36 @@ def fresh_database_url(
         yield url
 
 
-def _backend_of(nodeid: str) -> str | None:
-    for backend in BACKENDS:
-        if f"[{backend}" in nodeid or f"-{backend}" in nodeid:
-            return backend
-    return None
+# Under xdist's `--dist loadgroup` (see harness/grouping.py), the workers tell the controller's
+# scheduler which tests share a module-scoped fixture, through files in a directory of the run's.
+GROUPS_DIRECTORY = "control_groups_directory"
+_groups_directory: list[Path] = []
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    if not _groups_directory:
+        _groups_directory.append(Path(tempfile.mkdtemp(prefix="control-xdist-groups-")))
+    node.workerinput[GROUPS_DIRECTORY] = str(_groups_directory[0])
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getvalue("dist") != "loadgroup" or not _groups_directory:
+        return None
+    return grouping.make_scheduler(config, log, _groups_directory[0])
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under xdist, keep the tests that share a module-scoped fixture (a real server, a fleet of
-    replicas, a database they commit to) on one worker, one group per module and backend, so
-    each such fixture starts once per run rather than once per worker."""
-    if getattr(config, "workerinput", None) is None:
-        return
-    for item in items:
-        fixtures = getattr(item, "_fixtureinfo", None)
-        if fixtures is None:
-            continue
-        shared = any(
-            definitions[-1].scope in ("module", "class", "package")
-            for definitions in fixtures.name2fixturedefs.values()
-        )
-        if shared:
-            group = f"{item.nodeid.split('::', 1)[0]}:{_backend_of(item.nodeid) or 'any'}"
-            item.add_marker(pytest.mark.xdist_group(group))
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and GROUPS_DIRECTORY in workerinput:
+        grouping.write_groups(Path(workerinput[GROUPS_DIRECTORY]), workerinput["workerid"], items)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for directory in _groups_directory:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 # Counters the fuzz and permission-matrix modules keep, for the summary. Under xdist the
