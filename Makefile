@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint typecheck imports-check migrations-check openapi-check pytest module-test clients-test bench soak clean
+.PHONY: run test install lint typecheck imports-check migrations-check openapi-check catalog-check pytest module-test clients-test bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ PORT ?= 8080
 run: install
 	CONTROL_ISSUER="$${CONTROL_ISSUER:-http://127.0.0.1:$(PORT)}" $(BIN)/control serve --host 127.0.0.1 --port $(PORT)
 
-test: install lint typecheck imports-check migrations-check openapi-check module-test clients-test pytest
+test: install lint typecheck imports-check migrations-check openapi-check catalog-check module-test clients-test pytest
 
 lint: install
 	$(BIN)/ruff format --check .
@@ -40,6 +40,10 @@ migrations-check: install
 openapi-check: install
 	$(BIN)/control openapi check
 
+# The SpacetimeDB module's query-set catalog is the one the control plane enforces.
+catalog-check: install
+	$(BIN)/control module catalog check
+
 module-test:
 	@bash scripts/module_test.sh
 
@@ -54,10 +58,25 @@ clients-test: install
 # otherwise erase and combine each other's worker and subprocess data files.
 PYTEST_WORKERS ?= 2
 
-pytest: install
+pytest: install browser-deps
 	data=$$(mktemp -d); trap 'rm -rf "$$data"' EXIT; \
 	COVERAGE_FILE="$$data/.coverage" $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup \
 		--cov=control --cov-report=term $(PYTEST_ARGS)
+
+# The console's browser tests (tests/test_console_browser.py) drive Debian's chromium and
+# chromedriver: installed here where missing (as root, with apt-get). Where they cannot be, this
+# says so and those tests skip with the same message.
+BROWSER_PACKAGES := chromium chromium-driver
+browser-deps:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q $(BROWSER_PACKAGES) >/dev/null 2>&1 \
+		|| { apt-get update -q >/dev/null && apt-get install -y -q $(BROWSER_PACKAGES) >/dev/null; } \
+		|| echo "browser-deps: could not install $(BROWSER_PACKAGES); the console's browser tests will skip"; \
+	else \
+		echo "browser-deps: $(BROWSER_PACKAGES) missing and not installable here (needs root and apt-get); the console's browser tests will skip"; \
+	fi
 
 bench: install
 	$(BIN)/python bench/mint.py

@@ -13,7 +13,6 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any
 
-import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI, Response
 
@@ -21,6 +20,7 @@ from control.api.system import Health
 from control.grants import TOKEN_USE, Op, make_grant, scope_for
 from control.kit.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from control.tokens.schemas import GrantOut, TokenRequest, TokenResponse
+from control.tokens.signing import sign_jwt
 from control.tokens.spacetime_identity import spacetimedb_identity
 
 ISSUER = "http://127.0.0.1"
@@ -52,7 +52,8 @@ def sign(body: TokenRequest) -> TokenResponse:
         "grants": [grant.to_claim() for grant in grants],
         "policy_rev": 1,
     }
-    token = jwt.encode(claims, KEY, algorithm="ES256", headers={"kid": KID})
+    # The mint's own signer (`control.tokens.signing`), so the ceiling pays what a mint pays.
+    token = sign_jwt(claims, KEY, "ES256", KID)
     return TokenResponse(
         token=token,
         expires_in=300,

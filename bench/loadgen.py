@@ -291,7 +291,12 @@ def make_world(server: Server, streams: int, allow: bool = True) -> World:
     world.admin(
         "POST",
         "/api/admin/query-sets",
-        {"name": QUERY_SET, "stream_kinds": ["run"], "queries": ["SELECT * FROM run_event_view"]},
+        {
+            "name": QUERY_SET,
+            "stream_kinds": ["run"],
+            # Exactly the views the module's catalog opens for run_events@1.
+            "queries": ["SELECT * FROM run_event_view", "SELECT * FROM run_checkpoint_view"],
+        },
     )
     for index in range(1, streams + 1):
         stream_id = f"run:s{index}"

@@ -11,6 +11,10 @@ sets up an org through the HTTP API, then for `--seconds`:
   seconds (the publish lead is shortened so that is allowed);
 - the server's resident memory (VmRSS in /proc/<pid>/status) is sampled every 2 s.
 
+Query-set edits need a catalog that serves every version they reach: the server runs with
+`CONTROL_QUERY_SET_CATALOG` naming the soak's own, the shipped catalog with `run_checkpoints`
+served at as many versions as the run can make.
+
 Then it verifies every token received against the server's JWKS, reads the whole audit log, and
 reports throughput, mint latency (p50 / p99 / max), status counts per kind of request, 5xx and
 connection errors, RSS growth, and `token.mint` audit events against tokens received. Exits 1
@@ -43,6 +47,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from control.runtime import GrantVerifier, TokenRejected  # noqa: E402
+from control.spacetime.catalog import CATALOG_PATH  # noqa: E402
 from harness.api import Api, OrgFixture  # noqa: E402
 from harness.pg import postgres_available, scratch_database  # noqa: E402
 from harness.server import Server, running_server  # noqa: E402
@@ -52,7 +57,13 @@ MAX_CLIENTS = 16
 MEMBERS = 4
 STREAMS = 24
 WINDOW = 30.0
-CHECKPOINT_QUERIES = ["SELECT * FROM run_checkpoint_view", "SELECT * FROM run_snapshot_view"]
+# Two definitions of run_checkpoints an edit picks from: the same view, so the catalog serves both.
+CHECKPOINT_QUERIES = [
+    "SELECT * FROM run_checkpoint_view",
+    "SELECT * FROM run_checkpoint_view WHERE seq >= 1",
+]
+# The admin thread's actions, taken in turn (`admin`): one in this many steps edits a query set.
+ADMIN_ACTIONS = 7
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 
 
@@ -269,6 +280,7 @@ def admin(
         deny_rule,
         explain,
     ]
+    assert len(actions) == ADMIN_ACTIONS  # the soak's catalog serves versions by this count
     while not stop.wait(interval):
         if time.monotonic() >= next_rotation:
             response = call("keys.rotate", "POST", "/api/admin/keys/rotate")
@@ -302,12 +314,29 @@ def audit_counts(world: World) -> tuple[Counter[str], Counter[str]]:
         params["cursor"] = page["next_cursor"]
 
 
+def soak_catalog(args: argparse.Namespace, workdir: Path) -> Path:
+    """The module catalog the soak's server enforces: the shipped one, with run_checkpoints
+    served at every version the admin thread's edits can reach in `args.seconds`."""
+    catalog = json.loads(CATALOG_PATH.read_text())
+    catalog["catalog"] = "control-soak-module"
+    edits = int(args.seconds / args.admin_interval) // ADMIN_ACTIONS + 1
+    for version in range(2, edits + 2):
+        catalog["query_sets"][f"run_checkpoints@{version}"] = {
+            "views": ["run_checkpoint_view"],
+            "stream_kinds": ["run"],
+        }
+    path = workdir / "catalog.json"
+    path.write_text(json.dumps(catalog))
+    return path
+
+
 def run(args: argparse.Namespace, database_url: str, workdir: Path) -> dict[str, Any]:
     with running_server(
         database_url,
         workdir,
         key_publish_lead_seconds=str(max(1, int(args.rotate_every // 2))),
         log_level="INFO",
+        query_set_catalog=str(soak_catalog(args, workdir)),
     ) as server:
         world = setup(server)
         pid = server.process.pid

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 
@@ -22,6 +23,7 @@ from control.observability import metrics, tracing
 from control.observability.middleware import ObservabilityMiddleware
 from control.routes import ROUTES, TOKEN_ROUTE
 from control.settings import Settings
+from control.spacetime.delivery import Deliverer
 from control.state import AppState
 
 log = logging.getLogger("control.app")
@@ -46,6 +48,24 @@ async def _refresh_keys_forever(state: AppState) -> None:
             metrics.pool_status(state.engine.pool)  # each worker's share, between scrapes
         except Exception:  # keep serving with the last good snapshot; say so loudly
             log.exception("signing key refresh failed; serving the previous key snapshot")
+
+
+def _start_push(state: AppState) -> asyncio.Task[None] | None:
+    """The replica's deliverer of revocations into SpacetimeDB, when push is configured; said
+    once either way, so an operator reading the startup log knows whether revocations reach
+    SpacetimeDB before tokens expire."""
+    targets = state.settings.spacetimedb_targets()
+    if not targets:
+        log.info(
+            "SpacetimeDB push is off (CONTROL_SPACETIMEDB_URL and CONTROL_SPACETIMEDB_DATABASES "
+            "unset): revocations are recorded in the outbox but not pushed"
+        )
+        return None
+    log.info("SpacetimeDB push is on: revocations go to %d database(s)", len(targets))
+    deliverer = Deliverer(
+        state.settings, state.sessions, lambda: state.keyring.snapshot, state.replica_id
+    )
+    return asyncio.create_task(deliverer.run_forever())
 
 
 def prepare(state: AppState) -> None:
@@ -75,21 +95,46 @@ def create_app(
         current.keys_refreshing = background
         tracing.instrument_engine(current.engine)
         await asyncio.to_thread(prepare, current)
+        if background:
+            # A serving process: what startup built lives as long as it does. Frozen out of the
+            # collector's generations, full collections stop walking it on every pass, so their
+            # pauses (which land in some requests' latency) stay short.
+            gc.collect()
+            gc.freeze()
         task = asyncio.create_task(_refresh_keys_forever(current)) if background else None
         beats = asyncio.create_task(current.heartbeat_forever()) if background else None
+        pruning = (
+            asyncio.create_task(current.prune_forever())
+            if background and settings.prune_interval_seconds > 0
+            else None
+        )
+        pushes = _start_push(current) if background else None
         try:
             yield
         finally:
+            if pushes is not None:
+                pushes.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pushes
             if beats is not None:  # says goodbye: the other replicas take its rate share
                 beats.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await beats
+            if pruning is not None:
+                pruning.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pruning
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await current.audit_writer.close()  # what is queued commits before the engine goes
             if own_state:
+                if current.inline_reads is not None:
+                    current.inline_reads.close()
                 current.engine.dispose()
+                if current.async_db is not None:
+                    await current.async_db.dispose()
 
     app = FastAPI(
         title=API_TITLE,

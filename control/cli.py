@@ -6,7 +6,9 @@ import argparse
 import difflib
 import json
 import logging
+import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,11 +37,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from control.app import create_app, prepare
     from control.migrate import upgrade
     from control.observability.logs import configure as configure_logging
+    from control.spacetime.catalog import catalog_for
     from control.state import AppState
 
     settings = _settings()
     configure_logging(settings.log_format, settings.log_level)
-    # Secrets first: a configuration that cannot run the service must not migrate a database.
+    workers: int = args.workers
+    if workers < 1:
+        raise SettingsError("--workers must be at least 1")
+    if workers > 1 and settings.sqlalchemy_url.startswith("sqlite"):
+        # SQLite has one writer per database: worker processes would queue on its file lock
+        # instead of on one process's event loop, and serve less, not more.
+        raise SettingsError(
+            "--workers above 1 needs PostgreSQL (CONTROL_DATABASE_URL); SQLite serves with one"
+        )
+    # The query-set catalog, then secrets (dev mode generates missing ones): a configuration
+    # that cannot run the service must not write a secret or migrate a database.
+    catalog_for(settings)
     settings.key_encryption_key_bytes()
     settings.credential_pepper_bytes()
     # The embedded default needs nothing else on first run; a shared PostgreSQL is migrated
@@ -53,6 +67,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         prepare(preflight)
     finally:
         preflight.engine.dispose()
+    if workers > 1:
+        # Each worker builds its own app (and state) from the same environment. Metrics add up
+        # across workers through files in one directory (control.observability.metrics).
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="control-metrics-")
+        uvicorn.run(
+            "control.app:create_app",
+            factory=True,
+            workers=workers,
+            host=args.host,
+            port=args.port,
+            log_level=settings.log_level.lower(),
+            log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
+            access_log=False,
+        )
+        return 0
     uvicorn.run(
         create_app(settings),
         host=args.host,
@@ -97,6 +127,62 @@ def cmd_openapi_check(args: argparse.Namespace) -> int:
     sys.stdout.writelines(diff)
     print(f"\n{path} is stale: run `control openapi export`", file=sys.stderr)
     return 1
+
+
+def cmd_module_catalog_check(args: argparse.Namespace) -> int:
+    """The module's catalog and the copy this control plane enforces are one catalog; with
+    `--database`, every query set defined in the database is one the catalog serves. The
+    catalog enforced is `CONTROL_QUERY_SET_CATALOG`'s, or the shipped copy when it is unset."""
+    from control.spacetime.catalog import CATALOG_PATH, CatalogError, catalog_for, read_catalog
+
+    settings = _settings()
+    enforced = catalog_for(settings)
+    source = "CONTROL_QUERY_SET_CATALOG" if settings.query_set_catalog else str(CATALOG_PATH)
+    try:
+        declared = read_catalog(Path(args.module))
+    except CatalogError as exc:
+        print(f"control: {exc}", file=sys.stderr)
+        return 1
+    if declared != enforced:
+        print(
+            f"control: {args.module} ({declared.label}) differs from the catalog the control "
+            f"plane enforces ({source}, {enforced.label}): copy the module's catalog over it",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"{args.module} and the control plane's catalog agree: {enforced.label}")
+    if not args.database:
+        return 0
+    return _with_session(_served_query_sets)
+
+
+def _served_query_sets(session: Any, settings: Settings, _cipher: Any) -> dict[str, Any]:
+    from sqlalchemy import select
+
+    from control.policy.models import QuerySet
+    from control.policy.queries import queried_table
+    from control.spacetime.catalog import catalog_for
+
+    catalog = catalog_for(settings)
+    unserved = []
+    for row in session.scalars(select(QuerySet).order_by(QuerySet.org_id, QuerySet.name)):
+        selected = {queried_table(query) for query in row.queries}
+        problem = catalog.definition_problem(row.name, row.version, row.stream_kinds, selected)
+        if problem is not None:
+            unserved.append({"org_id": row.org_id, "query_set": f"{row.name}@{row.version}",
+                             "problem": problem})  # fmt: skip
+    if unserved:
+        raise SystemExit(json.dumps({"catalog": catalog.label, "unserved": unserved}, indent=2))
+    return {"catalog": catalog.label, "unserved": []}
+
+
+def cmd_module_identity(args: argparse.Namespace) -> int:
+    """The control plane's SpacetimeDB Identity: `configure`'s `control_plane_identity`."""
+    from control.spacetime.delivery import CONTROL_PLANE_SUBJECT
+    from control.tokens.spacetime_identity import spacetimedb_identity
+
+    print(spacetimedb_identity(_settings().issuer, CONTROL_PLANE_SUBJECT))
+    return 0
 
 
 def _with_session(action: Callable[[Any, Settings, Any], dict[str, Any]]) -> int:
@@ -366,6 +452,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the service")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes (PostgreSQL only; SQLite serves with one)",
+    )
     serve.set_defaults(handler=cmd_serve)
 
     db = commands.add_parser("db", help="database schema").add_subparsers(required=True)
@@ -381,6 +473,28 @@ def build_parser() -> argparse.ArgumentParser:
         sub = openapi.add_parser(name, help=text)
         sub.add_argument("--path", default=str(SPEC_PATH))
         sub.set_defaults(handler=handler)
+
+    module = commands.add_parser("module", help="the SpacetimeDB module").add_subparsers(
+        required=True
+    )
+    catalog = module.add_parser("catalog", help="its query-set catalog").add_subparsers(
+        required=True
+    )
+    catalog_check = catalog.add_parser(
+        "check", help="fail unless the module's catalog is the one the control plane enforces"
+    )
+    catalog_check.add_argument(
+        "--module", default="module/src/catalog.json", help="the module's catalog.json"
+    )
+    catalog_check.add_argument(
+        "--database",
+        action="store_true",
+        help="also fail when a query set defined in the database is one the catalog does not serve",
+    )
+    catalog_check.set_defaults(handler=cmd_module_catalog_check)
+    module.add_parser(
+        "identity", help="the Identity to configure the module with (control_plane_identity)"
+    ).set_defaults(handler=cmd_module_identity)
 
     keys = commands.add_parser("keys", help="signing keys").add_subparsers(required=True)
     keys.add_parser("rotate", help="promote the pending key").set_defaults(handler=cmd_keys_rotate)

@@ -18,10 +18,13 @@ from control.api import (
     policy,
     policyfile,
     revocations,
+    spacetime,
     system,
     tokens,
 )
 from control.audit.schemas import AuditEventOut
+from control.console import pages as console
+from control.console import signin as console_signin
 from control.federation.schemas import TrustedIssuerBody, TrustedIssuerOut
 from control.identity.schemas import (
     CredentialCreate,
@@ -47,6 +50,7 @@ from control.policy.schemas import (
 )
 from control.policyfile.schemas import PolicyApplied, PolicyApply, PolicyDocument
 from control.revocations.schemas import RevocationCreate, RevocationFeed, RevocationOut
+from control.spacetime.schemas import SpacetimeStatus
 from control.tokens.schemas import (
     IntrospectRequest,
     IntrospectResponse,
@@ -61,7 +65,15 @@ OPERATOR = Access.role("operator")
 ADMIN = Access.role("admin")
 MEMBER_OR_ID_TOKEN = Access.role("member", accepts=("api_key", "id_token"))
 SERVICE = Access.role("service")
+# Introspection looks its API key up in its own one read (`control.api.auth.KEY_IN_ENDPOINT`).
+SERVICE_KEY_IN_ENDPOINT = Access.role("service", accepts=("api_key", "key_in_endpoint"))
 SERVICE_OR_ADMIN = Access.role("service", "admin")
+# The console's pages take the session of their cookie, and check these roles against its
+# caller themselves (`control.console.web.console_for`).
+CONSOLE_SESSION = "console_session"
+CONSOLE_ADMIN = Access.role("admin", accepts=(CONSOLE_SESSION,))
+CONSOLE_OPERATOR = Access.role("operator", accepts=(CONSOLE_SESSION,))
+CONSOLE_ANY = Access.role("admin", "operator", accepts=(CONSOLE_SESSION,))
 
 ROUTES: tuple[Route, ...] = (
     # --- system -------------------------------------------------------------------------
@@ -89,6 +101,9 @@ ROUTES: tuple[Route, ...] = (
           "discovery", ANYONE, keys.jwks, response_model=JWKS),
     Route("GET", "/api/admin/keys", "list_keys", "List signing keys and their states",
           "keys", OPERATOR, keys.list_keys, response_model=KeyList),
+    Route("GET", "/api/admin/spacetimedb", "spacetimedb_status",
+          "Revocations pushed into SpacetimeDB: identity, backlog and lag per database",
+          "keys", OPERATOR, spacetime.spacetime_status, response_model=SpacetimeStatus),
     Route("POST", "/api/admin/keys/rotate", "rotate_keys",
           "Promote the pending key, retire the active one, publish a new pending key",
           "keys", OPERATOR, keys.rotate_keys, response_model=RotationResult,
@@ -105,12 +120,12 @@ ROUTES: tuple[Route, ...] = (
           openapi_extra=oauth.OPENAPI_EXTRA),
     Route("POST", "/api/sync/introspect", "introspect_sync_token",
           "Is this sync token active, and does it cover a stream / query set / op?",
-          "tokens", SERVICE, tokens.introspect, request_model=IntrospectRequest,
+          "tokens", SERVICE_KEY_IN_ENDPOINT, tokens.introspect, request_model=IntrospectRequest,
           response_model=IntrospectResponse),
     Route("GET", "/api/sync/revocations", "revocation_feed",
           "Revocations after a cursor, in order, for runtime caches", "tokens", SERVICE,
           revocations.revocation_feed, response_model=RevocationFeed,
-          errors=("invalid_request",)),
+          errors=("invalid_request", "cursor_expired")),
     Route("POST", "/api/streams", "register_stream", "Register a stream (owner, org)",
           "streams", SERVICE_OR_ADMIN, policy.register_stream, request_model=StreamCreate,
           response_model=StreamOut, status_code=201, errors=("conflict",)),
@@ -208,6 +223,97 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/admin/audit", "list_audit", "Page through the audit log", "audit",
           ADMIN, audit.list_audit, response_model=Page[AuditEventOut],
           errors=("invalid_request",)),
+    # --- the admin console (docs/console.md): pages for people, on the admin API ----------
+    Route("GET", "/console", "console_home", "The console's front door", "console",
+          CONSOLE_ANY, console_signin.console_home, status=Status.CONSOLE),
+    Route("GET", "/console/assets/{asset}", "console_asset", "An asset of the console",
+          "console", ANYONE, console_signin.console_asset, status=Status.CONSOLE),
+    Route("GET", "/console/sign-in", "console_sign_in_page", "Sign in with an admin API key",
+          "console", ANYONE, console_signin.sign_in_page, status=Status.CONSOLE),
+    Route("POST", "/console/sign-in", "console_sign_in", "Open a console session",
+          "console", ANYONE, console_signin.sign_in, status=Status.CONSOLE),
+    Route("POST", "/console/sign-out", "console_sign_out", "End the console session",
+          "console", CONSOLE_ANY, console_signin.sign_out, status=Status.CONSOLE),
+    Route("GET", "/console/principals", "console_principals", "Principals", "console",
+          CONSOLE_ADMIN, console.principals_page, status=Status.CONSOLE),
+    Route("POST", "/console/principals", "console_create_principal", "Create a principal",
+          "console", CONSOLE_ADMIN, console.create_principal, status=Status.CONSOLE),
+    Route("GET", "/console/principals/{principal_id}", "console_principal",
+          "A principal and its API keys", "console", CONSOLE_ADMIN, console.principal_page,
+          status=Status.CONSOLE),
+    Route("POST", "/console/principals/{principal_id}", "console_update_principal",
+          "Change a principal's roles or state", "console", CONSOLE_ADMIN,
+          console.update_principal, status=Status.CONSOLE),
+    Route("POST", "/console/principals/{principal_id}/delete", "console_delete_principal",
+          "Delete a principal", "console", CONSOLE_ADMIN, console.delete_principal,
+          status=Status.CONSOLE),
+    Route("POST", "/console/principals/{principal_id}/credentials", "console_issue_credential",
+          "Issue an API key, shown once", "console", CONSOLE_ADMIN, console.issue_credential,
+          status=Status.CONSOLE),
+    Route("POST", "/console/credentials/{credential_id}/revoke", "console_revoke_credential",
+          "Revoke an API key", "console", CONSOLE_ADMIN, console.revoke_credential,
+          status=Status.CONSOLE),
+    Route("GET", "/console/streams", "console_streams", "Streams", "console", CONSOLE_ADMIN,
+          console.streams_page, status=Status.CONSOLE),
+    Route("POST", "/console/streams", "console_register_stream", "Register a stream",
+          "console", CONSOLE_ADMIN, console.register_stream, status=Status.CONSOLE),
+    Route("POST", "/console/streams/{stream_id}/delete", "console_delete_stream",
+          "Delete a stream", "console", CONSOLE_ADMIN, console.delete_stream,
+          status=Status.CONSOLE),
+    Route("GET", "/console/query-sets", "console_query_sets", "Query sets", "console",
+          CONSOLE_ADMIN, console.query_sets_page, status=Status.CONSOLE),
+    Route("POST", "/console/query-sets", "console_create_query_set", "Define a query set",
+          "console", CONSOLE_ADMIN, console.create_query_set, status=Status.CONSOLE),
+    Route("GET", "/console/query-sets/{name}", "console_query_set",
+          "A query set, and its next version from the module's catalog", "console",
+          CONSOLE_ADMIN, console.query_set_page, status=Status.CONSOLE),
+    Route("POST", "/console/query-sets/{name}", "console_update_query_set",
+          "Replace a query set (its next version)", "console", CONSOLE_ADMIN,
+          console.update_query_set, status=Status.CONSOLE),
+    Route("POST", "/console/query-sets/{name}/delete", "console_delete_query_set",
+          "Delete a query set", "console", CONSOLE_ADMIN, console.delete_query_set,
+          status=Status.CONSOLE),
+    Route("GET", "/console/rules", "console_rules", "Grant rules and what they allow",
+          "console", CONSOLE_ADMIN, console.rules_page, status=Status.CONSOLE),
+    Route("POST", "/console/rules", "console_create_rule", "Add a grant rule", "console",
+          CONSOLE_ADMIN, console.create_rule, status=Status.CONSOLE),
+    Route("POST", "/console/rules/check", "console_check_rule",
+          "Check a grant rule as saving would, without saving it", "console", CONSOLE_ADMIN,
+          console.check_rule, status=Status.CONSOLE),
+    Route("GET", "/console/rules/{rule_id}", "console_rule", "A grant rule, to change",
+          "console", CONSOLE_ADMIN, console.rule_page, status=Status.CONSOLE),
+    Route("POST", "/console/rules/{rule_id}", "console_update_rule", "Replace a grant rule",
+          "console", CONSOLE_ADMIN, console.update_rule, status=Status.CONSOLE),
+    Route("POST", "/console/rules/{rule_id}/delete", "console_delete_rule",
+          "Delete a grant rule", "console", CONSOLE_ADMIN, console.delete_rule,
+          status=Status.CONSOLE),
+    Route("GET", "/console/explain", "console_explain",
+          "Explain decisions, and what a proposed rule would change", "console", CONSOLE_ADMIN,
+          console.explain_page, status=Status.CONSOLE),
+    Route("GET", "/console/revocations", "console_revocations", "Revocations", "console",
+          CONSOLE_ADMIN, console.revocations_page, status=Status.CONSOLE),
+    Route("POST", "/console/revocations", "console_create_revocation", "Revoke tokens",
+          "console", CONSOLE_ADMIN, console.create_revocation, status=Status.CONSOLE),
+    Route("GET", "/console/trusted-issuers", "console_trusted_issuers", "Trusted issuers",
+          "console", CONSOLE_ADMIN, console.issuers_page, status=Status.CONSOLE),
+    Route("POST", "/console/trusted-issuers", "console_create_trusted_issuer",
+          "Trust an issuer", "console", CONSOLE_ADMIN, console.create_issuer,
+          status=Status.CONSOLE),
+    Route("GET", "/console/trusted-issuers/{issuer_id}", "console_trusted_issuer",
+          "A trusted issuer, to change", "console", CONSOLE_ADMIN, console.issuer_page,
+          status=Status.CONSOLE),
+    Route("POST", "/console/trusted-issuers/{issuer_id}", "console_update_trusted_issuer",
+          "Change a trusted issuer", "console", CONSOLE_ADMIN, console.update_issuer,
+          status=Status.CONSOLE),
+    Route("POST", "/console/trusted-issuers/{issuer_id}/delete",
+          "console_delete_trusted_issuer", "Stop trusting an issuer", "console", CONSOLE_ADMIN,
+          console.delete_issuer, status=Status.CONSOLE),
+    Route("GET", "/console/keys", "console_keys", "Signing keys, their states and ages",
+          "console", CONSOLE_OPERATOR, console.keys_page, status=Status.CONSOLE),
+    Route("POST", "/console/keys/rotate", "console_rotate_keys", "Rotate the signing keys",
+          "console", CONSOLE_OPERATOR, console.rotate_keys, status=Status.CONSOLE),
+    Route("GET", "/console/audit", "console_audit", "The audit log, filtered and paged",
+          "console", CONSOLE_ADMIN, console.audit_page, status=Status.CONSOLE),
     # --- retired ------------------------------------------------------------------------
     Route("POST", "/api/spacetime/token", "retired_spacetime_token", "Retired token route",
           "retired", ANYONE, status=Status.RETIRED, successor=TOKEN_ROUTE),

@@ -12,6 +12,8 @@ from control.sdk.runtime import (
     key_from_jwk,
     verify_token,
 )
+from control.sdk.spacetime import PublisherFull as PublisherFull
+from control.sdk.spacetime import SpacetimePublisher as SpacetimePublisher
 
 __all__ = [
     "ALLOWED_ALGS",

@@ -11,12 +11,13 @@ import binascii
 import json
 import logging
 import os
+import re
 import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
@@ -119,6 +120,58 @@ class Settings(BaseSettings):
     # private and link-local addresses are refused (prod) unless this allows them; in dev,
     # loopback is allowed so a local identity provider works out of the box.
     federation_allow_private_networks: bool = False
+
+    # The admin console (`/console`, docs/console.md). A signed-in session ends after the idle
+    # timeout without a request, and after the absolute timeout however busy it is: a cookie
+    # left on a shared laptop stops working on its own. Sign-in attempts per client address are
+    # limited (a burst of this many, refilled over a minute), so keys cannot be guessed there.
+    console_idle_timeout_seconds: int = Field(30 * 60, ge=60)
+    console_absolute_timeout_seconds: int = Field(12 * 3600, ge=60)
+    console_sign_in_attempts_per_minute: int = Field(10, ge=1)
+
+    # Data that grows, and the token route's audit group commit (docs/operations.md): audit
+    # events older than the retention are pruned in batches of `prune_batch` rows, every
+    # `prune_interval_seconds` (0 disables the job); a batch of audit events commits at most
+    # `audit_batch_max` events and waits at most `audit_batch_wait_ms` for more (0: only what
+    # queued during the previous commit).
+    audit_retention_days: int = Field(90, ge=1)
+    prune_interval_seconds: float = Field(300.0, ge=0)
+    prune_batch: int = Field(1000, ge=1, le=100_000)
+    audit_batch_max: int = Field(256, ge=1, le=10_000)
+    audit_batch_wait_ms: float = Field(0.0, ge=0, le=100)
+
+    # SpacetimeDB: where revocations are pushed (docs/spacetimedb.md). The base URL of the
+    # SpacetimeDB host and the names of the databases running the module, comma-separated;
+    # either unset means no push (the outbox still records every revocation).
+    spacetimedb_url: str | None = None
+    spacetimedb_databases: str | None = None
+    # The query-set catalog of the module those databases run (the shape of
+    # `module/src/catalog.json`): only query sets it serves can be defined. Unset, the reference
+    # module's catalog shipped in the package.
+    query_set_catalog: Path | None = None
+
+    @field_validator("spacetimedb_url")
+    @classmethod
+    def _spacetimedb_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?\Z", value):
+            raise ValueError("must be an http(s) URL without query or fragment")
+        return value.rstrip("/") if value else None
+
+    @field_validator("spacetimedb_databases")
+    @classmethod
+    def _spacetimedb_databases(cls, value: str | None) -> str | None:
+        names = [name.strip() for name in (value or "").split(",") if name.strip()]
+        if any(re.match(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z", name) is None for name in names):
+            raise ValueError("must be comma-separated database names ([A-Za-z0-9_-], 1 to 64)")
+        if len(set(names)) != len(names):
+            raise ValueError("names a database twice")
+        return ",".join(names) or None
+
+    def spacetimedb_targets(self) -> tuple[str, ...]:
+        """The databases revocations are pushed into: none unless both settings are set."""
+        if not self.spacetimedb_url or not self.spacetimedb_databases:
+            return ()
+        return tuple(self.spacetimedb_databases.split(","))
 
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     log_level: str = "INFO"

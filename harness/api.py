@@ -12,6 +12,10 @@ if TYPE_CHECKING:
     from fastapi.testclient import TestClient
 
 
+# The subscription a query set holds when its definition names none.
+DEFAULT_QUERY = "SELECT * FROM run_event_view"
+
+
 @dataclass
 class Api:
     """An authenticated client: `api.post("/api/admin/principals", {...})`."""
@@ -69,11 +73,13 @@ class OrgFixture:
         return Api(self.client, key["key"])
 
     def query_set(self, name: str, kinds: list[str], queries: list[str] | None = None) -> Any:
-        default = f"SELECT * FROM {name}"  # noqa: S608 - subscription SQL the service parses
+        """Define a query set; the module's catalog must serve `name@1` with the views the
+        queries read (by default the run events' view, which the test catalog opens for each
+        of its names)."""
         return self.admin.ok(
             "POST",
             "/api/admin/query-sets",
-            {"name": name, "stream_kinds": kinds, "queries": queries or [default]},
+            {"name": name, "stream_kinds": kinds, "queries": queries or [DEFAULT_QUERY]},
         )
 
     def stream(self, stream_id: str, owner_id: str | None = None) -> Any:

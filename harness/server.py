@@ -66,8 +66,17 @@ class Server:
         return self.log_path.read_text()
 
 
+# Settings a server takes from the environment it is started in: the query-set catalog is the
+# test run's (tests/conftest.py), or unset (the shipped one) for a benchmark.
+INHERITED = frozenset({"CONTROL_QUERY_SET_CATALOG"})
+
+
 def server_env(database_url: str, port: int, **settings: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("CONTROL_")}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("CONTROL_") or key in INHERITED
+    }
     env.update(
         CONTROL_DATABASE_URL=database_url,
         CONTROL_ISSUER=f"http://127.0.0.1:{port}",

@@ -3,6 +3,7 @@ transaction per test, and the app served over that transaction."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tempfile
@@ -31,6 +32,12 @@ from tests.factories import OrgFixture, bootstrap
 from tests.pg import reachable_postgres, scratch_database
 
 BACKENDS = ["sqlite", "postgresql"]
+
+# The query sets the tests define, with the names and versions they use: the whole run enforces
+# this catalog (in-process settings, and the servers `harness/server.py` starts, which inherit
+# it). Tests of the reference module's catalog itself ask for it (`enforce_shipped_catalog` below).
+TEST_CATALOG = Path(__file__).resolve().with_name("catalog.json")
+os.environ.setdefault("CONTROL_QUERY_SET_CATALOG", str(TEST_CATALOG))
 
 
 def make_settings(database_url: str, **overrides: object) -> Settings:
@@ -122,6 +129,13 @@ def state(settings: Settings, engine: Engine, connection: Connection) -> AppStat
         keyring=KeyRing(settings, KeyCipher(settings.key_encryption_key_bytes())),
         credential_pepper=settings.credential_pepper_bytes(),
     )
+
+
+@pytest.fixture
+def enforce_shipped_catalog(state: AppState) -> None:
+    """The test runs under the reference module's catalog, as a deployment that leaves
+    CONTROL_QUERY_SET_CATALOG unset does."""
+    state.settings = state.settings.model_copy(update={"query_set_catalog": None})
 
 
 @pytest.fixture

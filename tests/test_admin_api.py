@@ -400,7 +400,11 @@ def test_bad_query_is_422_naming_it(org_a: OrgFixture, session: Session, method:
 
 def test_duplicate_query_set_is_409(org_a: OrgFixture, org_b: OrgFixture) -> None:
     org_a.query_set("run_events", ["run"])
-    body = {"name": "run_events", "stream_kinds": ["run"], "queries": ["SELECT * FROM t"]}
+    body = {
+        "name": "run_events",
+        "stream_kinds": ["run"],
+        "queries": ["SELECT * FROM run_event_view"],
+    }
     problem(org_a.admin.post("/api/admin/query-sets", body), 409, "conflict")
     # Names are per org: another org may use the same one.
     assert org_b.admin.ok("POST", "/api/admin/query-sets", body)["org_id"] == org_b.org_id
@@ -411,7 +415,7 @@ def test_query_set_in_use_cannot_go(org_a: OrgFixture) -> None:
     rule = org_a.allow(query_sets=["run_events"])
     path = "/api/admin/query-sets/run_events"
     problem(org_a.admin.delete(path), 409, "conflict")
-    narrowed = {"stream_kinds": ["job"], "queries": ["SELECT * FROM t"]}
+    narrowed = {"stream_kinds": ["job"], "queries": ["SELECT * FROM run_event_view"]}
     problem(org_a.admin.put(path, narrowed), 409, "conflict")
     assert org_a.admin.delete(f"/api/admin/grant-rules/{rule['id']}").status_code == 204
     assert org_a.admin.delete(path).status_code == 204
@@ -508,7 +512,8 @@ def test_every_change_is_audited_and_policy_changes_bump_policy_rev(
         ("update query set", True, "query_set.update", lambda: "run_events",
          {"before", "after"},
          lambda: admin.ok("PUT", "/api/admin/query-sets/run_events",
-                          {"stream_kinds": ["run"], "queries": ["SELECT * FROM x"]},
+                          {"stream_kinds": ["run"],
+                           "queries": ["SELECT * FROM run_checkpoint_view"]},
                           status=200)),
         ("create rule", True, "grant_rule.create", lambda: state["r"]["id"], {"after"},
          lambda: remember("r", org_a.allow(query_sets=["run_events"]))),
@@ -610,11 +615,12 @@ def test_default_limit_and_max(org_a: OrgFixture) -> None:
 def stocked(org_a: OrgFixture) -> Seeded:
     """An org with at least three rows in every list."""
     seeded = seed(org_a, "alpha")
-    for i in range(2):
+    # Query sets only of names the module's catalog serves (tests/catalog.json).
+    for i, query_set in enumerate(["run_events", "run_checkpoints"]):
         new_key(org_a, seeded.principal_id, name=f"k{i}")
         org_a.stream(f"run:alpha-extra{i}")
-        org_a.query_set(f"alpha_extra{i}", ["run"])
-        org_a.allow(query_sets=[f"alpha_extra{i}"])
+        org_a.query_set(query_set, ["run"])
+        org_a.allow(query_sets=[query_set])
         org_a.admin.ok(
             "POST",
             "/api/admin/trusted-issuers",

@@ -227,15 +227,20 @@ def _stream_cases() -> list[Domain]:
 
 def _query_set_cases(create: bool) -> list[Domain]:
     def body(a: Seeded, **changes: Any) -> dict[str, Any]:
-        base: dict[str, Any] = {"stream_kinds": ["run"], "queries": ["SELECT * FROM ok_view"]}
+        # A definition the catalog serves (tests/catalog.json): only what each case changes
+        # makes it refused.
+        base: dict[str, Any] = {
+            "stream_kinds": ["run"],
+            "queries": ["SELECT * FROM run_event_view"],
+        }
         if create:
-            base["name"] = "fresh_set"
+            base["name"] = "run_checkpoints"  # not defined in the seeded org
         return {**base, **changes}
 
     cases = [
         Domain(
             f"query {bad!r}",
-            lambda a, b, bad=bad: body(a, queries=["SELECT * FROM ok_view", bad]),
+            lambda a, b, bad=bad: body(a, queries=["SELECT * FROM run_event_view", bad]),
             422,
             "invalid_request",
             detail_mentions="query 1",

@@ -99,13 +99,17 @@ def test_a_member_or_admin_of_another_org_holding_operator_does_not_act_as_one(
 # --- revocations belong to an org ---------------------------------------------------------
 
 
+# The query set `_world` grants (a name the module's catalog serves, tests/catalog.json).
+WORLD_QUERY_SET = "run_events"
+
+
 def _world(org: OrgFixture, stream: str, *, relation: str = "org") -> tuple[Api, Api, str]:
-    """A member with a token for `stream`, and a service to introspect it."""
+    """A member with a token for `stream`, and a service to introspect it (once per org)."""
     member = org.principal(f"member {stream}")
     service = org.principal(f"service {stream}", kind="service")
-    org.query_set(f"qs_{stream.replace(':', '_').replace('-', '_')}", ["run"])
+    org.query_set(WORLD_QUERY_SET, ["run"])
     org.stream(stream, owner_id=org.principals[f"member {stream}"])
-    org.allow(relation=relation, query_sets=[f"qs_{stream.replace(':', '_').replace('-', '_')}"])
+    org.allow(relation=relation, query_sets=[WORLD_QUERY_SET])
     token = member.ok("POST", "/api/sync/token", {"streams": [stream]}, 200)["token"]
     return member, service, token
 
@@ -211,7 +215,7 @@ def test_deleting_a_stream_revokes_only_who_could_hold_it(org_a: OrgFixture) -> 
 
 def test_changing_a_query_set_ends_the_tokens_granted_it(org_a: OrgFixture) -> None:
     member, service, token = _world(org_a, "run:qs")
-    name = "qs_run_qs"
+    name = WORLD_QUERY_SET
     # Only the description: what the query set opens is unchanged, nothing is revoked.
     current = org_a.admin.ok("GET", f"/api/admin/query-sets/{name}")
     same = {"stream_kinds": current["stream_kinds"], "queries": current["queries"]}

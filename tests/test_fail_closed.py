@@ -74,12 +74,17 @@ def _scenario(server: Server, database: str, role: str) -> None:
     call(
         "POST",
         "/api/admin/query-sets",
-        {"name": "q", "stream_kinds": ["run"], "queries": ["SELECT * FROM v"]},
+        {
+            "name": "run_events",
+            "stream_kinds": ["run"],
+            "queries": ["SELECT * FROM run_event_view"],
+        },
     )
     call("POST", "/api/streams", {"id": "run:r1", "owner_id": member["id"]})
     call("POST", "/api/admin/grant-rules", {
         "effect": "allow", "subjects": {"roles": ["member"]},
-        "streams": {"kind": "run", "relation": "org"}, "query_sets": ["q"], "ops": ["subscribe"],
+        "streams": {"kind": "run", "relation": "org"}, "query_sets": ["run_events"],
+        "ops": ["subscribe"],
     })  # fmt: skip
     as_member = {"Authorization": f"Bearer {key}"}
 

@@ -231,7 +231,11 @@ def scripted_run(server: Server, database_url: str) -> Run:
     runtime = principal("runtime", kind="service")
     s.call(
         "create_query_set", "POST", "/api/admin/query-sets", key=admin_key,
-        body={"name": "run_events", "stream_kinds": ["run"], "queries": ["SELECT * FROM e"]},
+        body={
+            "name": "run_events",
+            "stream_kinds": ["run"],
+            "queries": ["SELECT * FROM run_event_view"],
+        },
         who=admin, expect=201,
     )  # fmt: skip
     for stream in ("run:a", "run:b", "run:c", "run:d"):
@@ -924,7 +928,11 @@ def test_traces_are_exported_when_the_environment_asks(
             ok(
                 "POST",
                 "/api/admin/query-sets",
-                {"name": "q", "stream_kinds": ["run"], "queries": ["SELECT * FROM e"]},
+                {
+                    "name": "run_events",
+                    "stream_kinds": ["run"],
+                    "queries": ["SELECT * FROM run_event_view"],
+                },
             )
             ok("POST", "/api/streams", {"id": "run:t"})
             ok(
@@ -934,7 +942,7 @@ def test_traces_are_exported_when_the_environment_asks(
                     "effect": "allow",
                     "subjects": {"roles": ["member"]},
                     "streams": {"kind": "run", "relation": "org"},
-                    "query_sets": ["q"],
+                    "query_sets": ["run_events"],
                     "ops": ["subscribe"],
                 },
             )

@@ -69,7 +69,11 @@ def test_a_dry_run_reports_the_diff_and_revocations_and_changes_nothing(
     narrowed["grant_rules"][0]["ops"] = ["subscribe"]  # no more append: a narrowing
     narrowed["streams"] = [s for s in narrowed["streams"] if s["id"] != "run:b"]
     narrowed["query_sets"].append(
-        {"name": "run_checkpoints", "stream_kinds": ["run"], "queries": ["SELECT * FROM x"]}
+        {
+            "name": "run_checkpoints",
+            "stream_kinds": ["run"],
+            "queries": ["SELECT * FROM run_checkpoint_view"],
+        }
     )
     before = org_a.admin.ok("GET", "/api/admin/audit?limit=500")["items"]
 
@@ -154,7 +158,11 @@ def test_the_command_line_exports_and_applies_yaml(tmp_path: Path) -> None:
     document = {
         "version": 1,
         "query_sets": [
-            {"name": "run_events", "stream_kinds": ["run"], "queries": ["SELECT * FROM v"]}
+            {
+                "name": "run_events",
+                "stream_kinds": ["run"],
+                "queries": ["SELECT * FROM run_event_view"],
+            }
         ],
         "streams": [{"id": "run:r1", "labels": {"env": "prod"}}],
         "grant_rules": [

@@ -17,6 +17,7 @@ from control.routes import ROUTES
 ACTIVE = [route for route in ROUTES if route.status is Status.ACTIVE]
 RETIRED = [route for route in ROUTES if route.status is Status.RETIRED]
 PROTECTED = [route for route in ACTIVE if not route.access.public]
+CONSOLE = [route for route in ROUTES if route.status is Status.CONSOLE]
 SPEC_FILE = Path(__file__).resolve().parent.parent / "openapi" / "openapi.json"
 
 
@@ -99,3 +100,26 @@ def test_served_spec_equals_committed(client: TestClient) -> None:
     response = client.get("/openapi.json")
     assert response.status_code == 200
     assert response.json() == json.loads(SPEC_FILE.read_text())
+
+
+@pytest.mark.parametrize("route", CONSOLE, ids=route_id)
+def test_console_route_is_out_of_the_spec_and_needs_a_session(
+    route: Route,
+    client: TestClient,
+    spec: dict,  # type: ignore[type-arg]
+) -> None:
+    assert route.path.startswith("/console")
+    assert route.path not in spec["paths"]
+    if route.access.public:
+        return
+    # A console page takes its session's cookie, never a bearer credential.
+    assert route.access.accepts == frozenset({"console_session"})
+    headers = {"Authorization": "Bearer ctl_not-a-real-key"}
+    response = client.request(
+        route.method, concrete(route.path), headers=headers, follow_redirects=False
+    )
+    if route.method == "GET":
+        assert response.status_code == 303, response.text
+        assert response.headers["location"].startswith("/console/sign-in")
+    else:
+        assert response.status_code == 403, response.text

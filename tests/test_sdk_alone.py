@@ -23,6 +23,7 @@ PROBE = textwrap.dedent(
     from cryptography.hazmat.primitives.asymmetric import ec
 
     from control.runtime import GrantDenied, key_from_jwk, verify_token, authorize
+    from control.runtime import SpacetimePublisher
     from control.client import SyncTokenSource
     from control.grants import parse_stream_id
 
@@ -87,5 +88,6 @@ def test_the_sdk_installs_alone_and_verifies_a_token(tmp_path: Path) -> None:
     assert probe.stdout.startswith("sdk ok")
     # Only the SDK and its import paths were loaded: not a module of the server.
     loaded = probe.stdout.split("sdk ok", 1)[1]
-    for server_module in ("control.app", "control.settings", "control.kit", "control.tokens"):
+    server_modules = ("control.app", "control.settings", "control.kit", "control.tokens")
+    for server_module in (*server_modules, "control.spacetime"):
         assert f"'{server_module}" not in loaded, loaded

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -27,7 +28,7 @@ from control.federation.service import (
 )
 from control.identity.caller import Caller
 from control.identity.service import caller_for_key
-from control.kit.routing import Access, table_entry
+from control.kit.routing import Access, media_type, table_entry
 from control.state import AppState
 from control.views import OrgView
 
@@ -35,6 +36,9 @@ bearer_scheme = HTTPBearer(auto_error=False, description="An API key (`ctl_…`)
 
 # The credential kinds a route's `Access.accepts` may name.
 API_KEY, ID_TOKEN = "api_key", "id_token"
+# Named beside `API_KEY` by a route whose endpoint looks its API key up itself, in the same read
+# as the rest of its work (introspection): its guard only asks for a bearer credential.
+KEY_IN_ENDPOINT = "key_in_endpoint"
 
 BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
 
@@ -103,8 +107,16 @@ async def verify_presented_id_token(state: AppState, token: str) -> VerifiedIdTo
     )
 
 
-def guard_for(access: Access) -> Callable[[Caller], Coroutine[Any, Any, None]]:
-    """The dependency the route table attaches to a protected route."""
+def guard_for(access: Access) -> Callable[..., Coroutine[Any, Any, None]]:
+    """The dependency the route table attaches to a protected route.
+
+    A route that takes ID tokens (the token route) or says `KEY_IN_ENDPOINT` (introspection)
+    authenticates in its endpoint (`control.api.tokens`), which reads the caller in the same
+    statement as the rest of its work and checks `access.roles` itself; its guard only asks for
+    a bearer credential.
+    """
+    if ID_TOKEN in access.accepts or KEY_IN_ENDPOINT in access.accepts:
+        return bearer_required
 
     async def guard(caller: CallerDep) -> None:
         if not caller.has_any(access.roles):
@@ -112,6 +124,43 @@ def guard_for(access: Access) -> Callable[[Caller], Coroutine[Any, Any, None]]:
             raise Forbidden(f"this route needs the {needed} role")
 
     return guard
+
+
+async def bearer_required(request: Request, credentials: BearerCredentials) -> None:
+    """The guard of a route whose endpoint authenticates: a bearer credential is required, and
+    when the body is one the route will refuse (422), the credential is judged here first (401,
+    403), as every other route's guard does before its body is read."""
+    if credentials is None:
+        raise Unauthorized("an `Authorization: Bearer` credential is required")
+    entry = table_entry(request.scope)
+    # FastAPI reads a body as JSON only under a JSON media type; any other is refused.
+    json_body = media_type(request).endswith("json")
+    if entry is None or (json_body and _body_valid(entry.request_model, await request.body())):
+        return
+    state: AppState = request.app.state.control
+    presented = credentials.credentials
+    if ID_TOKEN in entry.access.accepts and looks_like_jwt(presented):
+        await verify_presented_id_token(state, presented)
+        return
+    await run_in_threadpool(_judge_key, state, presented, entry.access)
+
+
+def _body_valid(model: type[BaseModel] | None, body: bytes) -> bool:
+    if model is None:
+        return True
+    try:
+        model.model_validate_json(body)
+    except ValidationError:
+        return False
+    return True
+
+
+def _judge_key(state: AppState, presented: str, access: Access) -> None:
+    with state.sessions() as session:  # read only: closing rolls back the key's `last_used_at`
+        caller = caller_for_key(session, state.credential_pepper, presented)
+    if not caller.has_any(access.roles):
+        needed = " or ".join(sorted(access.roles))
+        raise Forbidden(f"this route needs the {needed} role")
 
 
 async def org_view(session: SessionDep, caller: CallerDep) -> OrgView:

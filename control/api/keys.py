@@ -11,6 +11,8 @@ from control.audit.service import Auditor
 from control.keys import service
 from control.keys.models import SigningKey
 from control.keys.schemas import KeyInfo, KeyList, OpenIDConfiguration, RotationResult
+from control.keys.service import KeySnapshot
+from control.state import AppState
 from control.tokens import oauth
 
 CLAIMS_SUPPORTED = [
@@ -26,13 +28,13 @@ def _cacheable(request: Request, body: bytes, etag: str, max_age: int) -> Respon
     return Response(body, media_type="application/json", headers=headers)
 
 
-def openid_configuration(request: Request, state: StateDep) -> Response:
-    """OIDC discovery document and OAuth 2.0 authorization server metadata (RFC 8414): the issuer,
-    where its public keys are (`jwks_uri`), the token, introspection and revocation-feed endpoints,
-    and what they support. SpacetimeDB reads it to verify sync tokens. Cacheable: the answer
-    carries `Cache-Control: max-age` and an `ETag`, and a request with a matching
-    `If-None-Match` gets 304. Anyone may call it; no credential.
-    """
+def _discovery_body(request: Request, state: AppState) -> tuple[bytes, str]:
+    """The discovery document's bytes and ETag, built once per key-ring snapshot (the only
+    thing in it that changes is the snapshot's algorithms) and kept on the app."""
+    snapshot = state.keyring.snapshot
+    cached: tuple[KeySnapshot, bytes, str] | None = getattr(request.app.state, "discovery", None)
+    if cached is not None and cached[0] is snapshot:
+        return cached[1], cached[2]
     issuer = state.settings.issuer
     document = OpenIDConfiguration(
         issuer=issuer,
@@ -40,7 +42,7 @@ def openid_configuration(request: Request, state: StateDep) -> Response:
         token_endpoint=f"{issuer}/api/sync/token",
         introspection_endpoint=f"{issuer}/api/sync/introspect",
         revocation_feed_endpoint=f"{issuer}/api/sync/revocations",
-        id_token_signing_alg_values_supported=list(state.keyring.snapshot.algs),
+        id_token_signing_alg_values_supported=list(snapshot.algs),
         response_types_supported=["id_token"],
         subject_types_supported=["public"],
         grant_types_supported=list(oauth.GRANT_TYPES),
@@ -50,16 +52,33 @@ def openid_configuration(request: Request, state: StateDep) -> Response:
     )
     body = document.model_dump_json().encode()
     etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+    request.app.state.discovery = (snapshot, body, etag)
+    return body, etag
+
+
+# Both discovery endpoints are `async def` and take only the request: their answers are bytes
+# prebuilt per key-ring snapshot, so they run on the event loop with no thread hop, no
+# dependency to solve and no response model to validate.
+async def openid_configuration(request: Request) -> Response:
+    """OIDC discovery document and OAuth 2.0 authorization server metadata (RFC 8414): the issuer,
+    where its public keys are (`jwks_uri`), the token, introspection and revocation-feed endpoints,
+    and what they support. SpacetimeDB reads it to verify sync tokens. Cacheable: the answer
+    carries `Cache-Control: max-age` and an `ETag`, and a request with a matching
+    `If-None-Match` gets 304. Anyone may call it; no credential.
+    """
+    state: AppState = request.app.state.control
+    body, etag = _discovery_body(request, state)
     return _cacheable(request, body, etag, state.settings.jwks_max_age_seconds)
 
 
-def jwks(request: Request, state: StateDep) -> Response:
+async def jwks(request: Request) -> Response:
     """The public keys that sign sync tokens (a JWK Set): the active key, the pending key that will
     sign next (published ahead of time so caches have it), and retiring keys until their last
     tokens expire. Verify a token with the key whose `kid` its header names; refetch when a `kid`
     is unknown. Cacheable: `Cache-Control: max-age` and an `ETag`; a matching `If-None-Match` gets
     304. Anyone may call it; no credential.
     """
+    state: AppState = request.app.state.control
     snapshot = state.keyring.snapshot
     return _cacheable(
         request, snapshot.jwks_body, snapshot.etag, state.settings.jwks_max_age_seconds

@@ -24,6 +24,7 @@ from control.policy.schemas import (
     StreamCreate,
     StreamOut,
 )
+from control.spacetime.catalog import catalog_for
 
 
 def register_stream(body: StreamCreate, view: ViewDep, caller: CallerDep) -> StreamOut:
@@ -80,13 +81,15 @@ def _query_set(view: ViewDep, name: str) -> QuerySet:
     return row
 
 
-def create_query_set(body: QuerySetCreate, view: ViewDep, caller: CallerDep) -> QuerySetOut:
+def create_query_set(
+    body: QuerySetCreate, view: ViewDep, caller: CallerDep, state: StateDep
+) -> QuerySetOut:
     """Define a query set: a named list of subscription queries for the stream kinds it applies to.
     It starts at version 1, and grants name it `name@version`. A name in use is 409 `conflict`; a
     query outside the grammar is 422, naming the query. Audited; moves the org's `policy_rev`.
     Needs the `admin` role.
     """
-    return query_set_out(service.create_query_set(view, caller, body))
+    return query_set_out(service.create_query_set(view, caller, body, catalog_for(state.settings)))
 
 
 def list_query_sets(view: ViewDep, page: PageDep) -> Page[QuerySetOut]:
@@ -105,7 +108,7 @@ def get_query_set(name: str, view: ViewDep) -> QuerySetOut:
 
 
 def update_query_set(
-    name: str, body: QuerySetUpdate, view: ViewDep, caller: CallerDep
+    name: str, body: QuerySetUpdate, view: ViewDep, caller: CallerDep, state: StateDep
 ) -> QuerySetOut:
     """Replace a query set's stream kinds, queries and description. Its version goes up by one; when
     the queries or kinds changed, the tokens of everyone a rule granted it to are revoked, and
@@ -113,7 +116,10 @@ def update_query_set(
     set for is 409 `conflict`: change the rule first. Audited; moves the org's `policy_rev`. Needs
     the `admin` role.
     """
-    return query_set_out(service.update_query_set(view, caller, _query_set(view, name), body))
+    row = _query_set(view, name)
+    return query_set_out(
+        service.update_query_set(view, caller, row, body, catalog_for(state.settings))
+    )
 
 
 def delete_query_set(name: str, view: ViewDep, caller: CallerDep) -> Response:

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Query
 
 from control.api.auth import CallerDep, ViewDep
+from control.errors import ProblemError
 from control.identity.service import revoke_tokens
 from control.kit.pagination import MAX_LIMIT
 from control.revocations import service
@@ -34,8 +35,18 @@ def revocation_feed(
     maximum 500), and `next_cursor` to pass as `after` next time, even when nothing was new. Start
     without `after` to read from the beginning. Runtime services that verify tokens locally follow
     it: a `jti` entry ends one token; `subject` and `credential` entries end every token of the
-    principal issued before `not_before`. Needs the `service` role.
+    principal issued before `not_before`. Revocations whose tokens have all expired are pruned;
+    a cursor older than what was pruned gets 410 `cursor_expired`: read again from the start.
+    Needs the `service` role.
     """
+    horizon = service.feed_horizon(view.session)
+    if after is not None and 0 < int(after) < horizon:
+        raise ProblemError(
+            "cursor_expired",
+            f"the feed was pruned past cursor {after}: revocations whose tokens have all "
+            "expired are removed. Read the feed again from the start (without `after`): it "
+            "holds every revocation that can still matter",
+        )
     rows, next_cursor = service.feed(view, int(after) if after else 0, limit)
     return RevocationFeed(
         items=[RevocationOut.of(row) for row in rows], next_cursor=str(next_cursor)

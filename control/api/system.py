@@ -26,10 +26,11 @@ from sqlalchemy.engine import Engine
 from control.api.deps import StateDep
 from control.errors import ProblemError
 from control.keys.service import stale_after
-from control.kit.db import utcnow
+from control.kit.db import unit_of_work, utcnow
 from control.kit.openapi import build_openapi
 from control.migrate import migrations_dir
 from control.settings import Settings
+from control.spacetime.delivery import status as delivery_status
 from control.state import AppState
 
 # How long a replica trusts its last look at the database's schema revision: long enough that a
@@ -55,6 +56,7 @@ class Readiness(BaseModel):
                     "active_kid": "4wBU0qT85oWOI5iUr8UTX_bStfDKS8Bsqgqs4bBoZFA",
                     "schema_revision": "0007",
                     "keys_age_seconds": 12.48,
+                    "spacetimedb": {"push": True, "backlog": 0, "lag_seconds": 0.0},
                 }
             ]
         }
@@ -68,6 +70,45 @@ class Readiness(BaseModel):
     )
     keys_age_seconds: float = Field(
         description="Seconds since this replica last loaded the signing keys"
+    )
+    spacetimedb: SpacetimePush | None = Field(
+        default=None, description="Revocations pushed into SpacetimeDB (never a readiness check)"
+    )
+
+
+class SpacetimePush(BaseModel):
+    """How far revocations have reached SpacetimeDB, over every configured database. A backlog
+    does not make the replica unready: SpacetimeDB being down must not stop token service."""
+
+    push: bool = Field(
+        description="Whether revocations are pushed (CONTROL_SPACETIMEDB_URL and "
+        "CONTROL_SPACETIMEDB_DATABASES set)"
+    )
+    backlog: int | None = Field(
+        default=None,
+        description="The most outbox entries any configured database has yet to receive; null "
+        "when push is off or the database could not be asked",
+    )
+    lag_seconds: float | None = Field(
+        default=None,
+        description="How long the oldest entry not yet received by some database has waited "
+        "(0 when none waits); null when push is off or unknown",
+    )
+
+
+def spacetime_push(state: AppState) -> SpacetimePush:
+    targets = state.settings.spacetimedb_targets()
+    if not targets:
+        return SpacetimePush(push=False)
+    try:
+        with unit_of_work(state.sessions) as session:
+            found = delivery_status(session, targets)
+    except Exception:  # readiness never fails on this detail
+        return SpacetimePush(push=True)
+    return SpacetimePush(
+        push=True,
+        backlog=max(item.backlog for item in found),
+        lag_seconds=max(item.lag_seconds for item in found),
     )
 
 
@@ -205,7 +246,8 @@ def readyz(request: Request, state: StateDep) -> Readiness:
     were loaded recently, and the database schema is not behind this release. Otherwise 503
     `unavailable` with `Retry-After`, a `detail` naming each failing check and `checks`
     (`database`, `keys`, `schema`: true or false). Each check recovers by itself once its cause is
-    gone. Anyone may call it; no credential.
+    gone. Anyone may call it; no credential. `spacetimedb` says how far revocations have been
+    pushed into SpacetimeDB (backlog and lag, over all configured databases); it is detail only.
     """
     report = readiness(state, refreshing=keys_refreshing(request.app))
     if not report.ready:
@@ -220,6 +262,7 @@ def readyz(request: Request, state: StateDep) -> Readiness:
         active_kid=state.keyring.snapshot.active.kid,
         schema_revision=report.schema_revision,
         keys_age_seconds=round(report.keys_age_seconds or 0.0, 3),
+        spacetimedb=spacetime_push(state),
     )
 
 

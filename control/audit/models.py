@@ -11,7 +11,11 @@ from control.kit.db import Base, UTCDateTime, utcnow
 
 class AuditEvent(Base):
     __tablename__ = "audit_events"
-    __table_args__ = (Index("ix_audit_events_org_id_id", "org_id", "id"),)
+    __table_args__ = (
+        Index("ix_audit_events_org_id_id", "org_id", "id"),
+        # Retention: pruning finds the events older than the horizon by this.
+        Index("ix_audit_events_at", "at"),
+    )
 
     # A monotonically increasing integer: the natural, gap-tolerant cursor for paging.
     id: Mapped[int] = mapped_column(

@@ -4,10 +4,13 @@ or vanish together."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from control.audit.models import AuditEvent
 from control.audit.repository import INSERT_EVENT
 from control.kit.db import utcnow
 from control.observability.hooks import audit_write
@@ -68,3 +71,22 @@ class Actor(Protocol):
 
     @property
     def org_id(self) -> str: ...
+
+
+_NEWEST_ID = select(func.max(AuditEvent.id)).scalar_subquery()
+
+
+def prune(session: Session, *, before: datetime, batch: int) -> int:
+    """Delete up to `batch` audit events older than `before`, oldest first; the count. One
+    short transaction per batch (the caller's), so pruning never holds a lock for long."""
+    oldest = (
+        select(AuditEvent.id)
+        # Never the newest event: SQLite would hand its id out again, and the audit log's
+        # cursors would go back.
+        .where(AuditEvent.at < before, AuditEvent.id < _NEWEST_ID)
+        .order_by(AuditEvent.id)
+        .limit(batch)
+        .scalar_subquery()
+    )
+    result = session.execute(delete(AuditEvent).where(AuditEvent.id.in_(oldest)))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -27,9 +27,6 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = problem_response(
-            "payload_too_large", f"the request body exceeds {self.max_bytes} bytes"
-        )
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
@@ -37,7 +34,7 @@ class BodyLimitMiddleware:
                 except ValueError:
                     declared = True
                 if declared:
-                    await too_large(scope, receive, send)
+                    await self._too_large(scope, receive, send)
                     return
         chunks: list[bytes] = []
         received = 0
@@ -50,7 +47,7 @@ class BodyLimitMiddleware:
             if received > self.max_bytes:
                 # The rest stays unread (the server discards it or closes the connection):
                 # reading on would let an endless stream hold the request open.
-                await too_large(scope, receive, send)
+                await self._too_large(scope, receive, send)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -65,6 +62,13 @@ class BodyLimitMiddleware:
             return await receive()  # after the body: the disconnect, when it comes
 
         await self.app(scope, replay, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Built only when needed: every request passes through here.
+        answer = problem_response(
+            "payload_too_large", f"the request body exceeds {self.max_bytes} bytes"
+        )
+        await answer(scope, receive, send)
 
 
 class RequestIdMiddleware:

@@ -31,6 +31,10 @@ class Status(enum.StrEnum):
     # A page for people (the interactive API docs and their assets): served beside the API,
     # never part of it, so never in the spec.
     PAGE = "page"
+    # A page of the admin console (`control/console/`): never in the spec. Its caller is the
+    # console session of its cookie, not a bearer credential: the console checks the entry's
+    # `access` against that session's caller itself, so no bearer guard is mounted.
+    CONSOLE = "console"
 
 
 @dataclass(frozen=True)
@@ -219,7 +223,8 @@ def mount_routes(
             )
             continue
         assert route.endpoint is not None
-        dependencies = [] if route.access.public else [Depends(guard(route.access))]
+        bearer = not route.access.public and route.status is not Status.CONSOLE
+        dependencies = [Depends(guard(route.access))] if bearer else []
         app.router.add_api_route(
             route.path,
             prepare(route.endpoint),

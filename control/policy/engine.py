@@ -133,6 +133,11 @@ class PolicyCache:
         self._by_org: dict[str, CompiledPolicy] = {}
         self._lock = threading.Lock()
 
+    def current(self, org_id: str, policy_rev: int) -> CompiledPolicy | None:
+        """The org's compiled policy when it is the one of `policy_rev`, else None."""
+        cached = self._by_org.get(org_id)
+        return cached if cached is not None and cached.policy_rev == policy_rev else None
+
     def get(self, view: OrgView, policy_rev: int) -> CompiledPolicy:
         cached = self._by_org.get(view.org_id)
         if cached is not None and cached.policy_rev == policy_rev:
@@ -187,16 +192,34 @@ def decide(
 ) -> list[Decision]:
     """One decision per requested stream or kind-wide selector (in request order, duplicates
     once)."""
-    wanted_ops = frozenset(ops) if ops else frozenset({Op.SUBSCRIBE})
-    wanted_sets = _requested_names(query_sets)
-    stream_ids = list(dict.fromkeys(streams))
     # A selector is decided by the rules alone: it names no row, and whatever streams the org
     # holds now, it also covers those registered later.
-    named = [stream_id for stream_id in stream_ids if not is_kind_wide(stream_id)]
+    named = named_streams(streams)
     rows = {
         row.id: RegisteredStream(row.id, row.kind, row.owner_id)
         for row in (view.execute(STREAMS_BY_ID, ids=named) if named else ())
     }
+    return decide_read(policy, subject, streams, rows, query_sets, ops)
+
+
+def named_streams(streams: Sequence[str]) -> list[str]:
+    """The stream ids a decision reads rows for: every requested one but kind-wide selectors."""
+    return [stream_id for stream_id in dict.fromkeys(streams) if not is_kind_wide(stream_id)]
+
+
+def decide_read(
+    policy: CompiledPolicy,
+    subject: Subject,
+    streams: Sequence[str],
+    rows: dict[str, RegisteredStream],
+    query_sets: Sequence[str] | None = None,
+    ops: Sequence[Op] | None = None,
+) -> list[Decision]:
+    """`decide` with the org's rows of `named_streams(streams)` already read (the token route
+    reads them in the same statement as its caller): what is absent from `rows` is not found."""
+    wanted_ops = frozenset(ops) if ops else frozenset({Op.SUBSCRIBE})
+    wanted_sets = _requested_names(query_sets)
+    stream_ids = list(dict.fromkeys(streams))
     return [
         _decide_kind_wide(policy, subject, stream_id, wanted_sets, wanted_ops)
         if is_kind_wide(stream_id)

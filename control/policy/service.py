@@ -16,7 +16,7 @@ from control.kit.db import utcnow
 from control.kit.ids import new_id
 from control.observability.hooks import auto_revoked
 from control.policy.models import GrantRule, QuerySet, RetiredStreamId, Stream
-from control.policy.queries import query_problem
+from control.policy.queries import queried_table, query_problem
 from control.policy.schemas import (
     GrantRuleCreate,
     QuerySetCreate,
@@ -26,6 +26,7 @@ from control.policy.schemas import (
     StreamCreate,
 )
 from control.revocations.service import revoke
+from control.spacetime.catalog import Catalog
 from control.views import OrgView
 
 
@@ -162,14 +163,30 @@ def _validate_queries(queries: list[str]) -> None:
         raise InvalidRequest("; ".join(e["message"] for e in errors), errors=errors)
 
 
+def _require_served(
+    catalog: Catalog, name: str, version: int, kinds: list[str], queries: list[str]
+) -> None:
+    """422 unless the module's query-set catalog serves this definition at this version: a
+    query set the module does not serve would be granted and mean nothing."""
+    selected = {queried_table(query) for query in queries}
+    problem = catalog.definition_problem(name, version, kinds, selected)
+    if problem is not None:
+        raise InvalidRequest(
+            problem, errors=[{"loc": ["body"], "type": "query_set_not_served", "message": problem}]
+        )
+
+
 def _query_set_summary(row: QuerySet) -> dict[str, Any]:
     return {"version": row.version, "stream_kinds": row.stream_kinds, "queries": row.queries}
 
 
-def create_query_set(view: OrgView, caller: Caller, body: QuerySetCreate) -> QuerySet:
+def create_query_set(
+    view: OrgView, caller: Caller, body: QuerySetCreate, catalog: Catalog
+) -> QuerySet:
     _validate_queries(body.queries)
     if view.find_by(QuerySet, QuerySet.name == body.name) is not None:
         raise Conflict(f"query set {body.name} already exists")
+    _require_served(catalog, body.name, 1, body.stream_kinds, body.queries)
     now = utcnow()
     row = QuerySet(
         id=new_id("qs"),
@@ -196,9 +213,11 @@ def create_query_set(view: OrgView, caller: Caller, body: QuerySetCreate) -> Que
 
 
 def update_query_set(
-    view: OrgView, caller: Caller, row: QuerySet, body: QuerySetUpdate
+    view: OrgView, caller: Caller, row: QuerySet, body: QuerySetUpdate, catalog: Catalog
 ) -> QuerySet:
     _validate_queries(body.queries)
+    # Every replacement is a new version, and the catalog must serve that version.
+    _require_served(catalog, row.name, row.version + 1, body.stream_kinds, body.queries)
     before = _query_set_summary(row)
     kinds = sorted(set(body.stream_kinds))
     dropped_kinds = set(row.stream_kinds) - set(kinds)

@@ -24,6 +24,7 @@ from control.policy.schemas import GrantRuleCreate, QuerySetCreate, QuerySetUpda
 from control.policyfile.schemas import PolicyApplied, PolicyChange, PolicyDocument
 from control.revocations.models import Revocation
 from control.settings import Settings
+from control.spacetime.catalog import Catalog, catalog_for
 from control.views import OrgView
 
 
@@ -103,7 +104,7 @@ def _apply(view: OrgView, caller: Caller, document: PolicyDocument, settings: Se
     # may name query sets the document creates).
     wanted = {_canonical(policy.summary_of(body)): body for body in document.grant_rules}
     kept = _rules_out(view, caller, wanted, changes)
-    existing_sets = _query_sets_in(view, caller, document, changes)
+    existing_sets = _query_sets_in(view, caller, document, catalog_for(settings), changes)
     for key, body in wanted.items():
         if key not in kept:
             rule, _ = policy.create_rule(view, caller, body)
@@ -138,14 +139,14 @@ def _rules_out(
 
 
 def _query_sets_in(
-    view: OrgView, caller: Caller, document: PolicyDocument, changes: Changes
+    view: OrgView, caller: Caller, document: PolicyDocument, catalog: Catalog, changes: Changes
 ) -> dict[str, QuerySet]:
     """Create and update the document's query sets; the org's query sets before."""
     existing = {row.name: row for row in view.all(QuerySet)}
     for body in document.query_sets:
         row = existing.get(body.name)
         if row is None:
-            policy.create_query_set(view, caller, body)
+            policy.create_query_set(view, caller, body, catalog)
             _changed(changes, "create", "query_set", body.name)
         elif (sorted(set(body.stream_kinds)), list(body.queries), body.description) != (
             row.stream_kinds,
@@ -155,7 +156,7 @@ def _query_sets_in(
             update = QuerySetUpdate(
                 stream_kinds=body.stream_kinds, queries=body.queries, description=body.description
             )
-            policy.update_query_set(view, caller, row, update)
+            policy.update_query_set(view, caller, row, update, catalog)
             _changed(changes, "update", "query_set", body.name, f"version {row.version}")
     return existing
 

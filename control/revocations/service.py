@@ -16,13 +16,15 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from control.kit import locks
 from control.kit.db import utcnow
 from control.observability.hooks import revoked
-from control.revocations.models import Revocation
+from control.revocations.models import Revocation, RevocationHorizon
 from control.revocations.repository import JTI_REVOKED, SUBJECT_NOT_BEFORE
+from control.spacetime import outbox
 from control.views import OrgView
 
 KINDS = ("jti", "subject", "credential")
@@ -47,6 +49,8 @@ def revoke(
     )
     session.add(row)
     session.flush()
+    # The push into each SpacetimeDB database commits with the revocation, or neither does.
+    outbox.enqueue(session, row)
     revoked(session, kind, value)
     return row
 
@@ -82,3 +86,42 @@ def feed(view: OrgView, after: int, limit: int) -> tuple[list[Revocation], int]:
         )
     )
     return rows, rows[-1].cursor if rows else after
+
+
+_NEWEST_CURSOR = select(func.max(Revocation.cursor)).scalar_subquery()
+
+
+def prune(session: Session, *, before: datetime, batch: int) -> int:
+    """Delete up to `batch` revocations whose `not_before` is before `before` (every token they
+    concern has expired), oldest first, and move the feed's horizon past them; the count."""
+    # The feed lock: the horizon moves in cursor order with the revocations being written.
+    locks.acquire(session, locks.REVOCATIONS_LOCK)
+    cursors = list(
+        session.scalars(
+            select(Revocation.cursor)
+            # Never the newest row: SQLite would hand its cursor out again, and a reader past
+            # it would miss the new revocation.
+            .where(Revocation.not_before < before, Revocation.cursor < _NEWEST_CURSOR)
+            .order_by(Revocation.cursor)
+            .limit(batch)
+        )
+    )
+    if not cursors:
+        return 0
+    session.execute(delete(Revocation).where(Revocation.cursor.in_(cursors)))
+    horizon = session.get(RevocationHorizon, 1)
+    if horizon is None:
+        session.add(RevocationHorizon(id=1, cursor=max(cursors), pruned_at=utcnow()))
+    else:
+        horizon.cursor = max(horizon.cursor, *cursors)
+        horizon.pruned_at = utcnow()
+    session.flush()
+    return len(cursors)
+
+
+def feed_horizon(session: Session) -> int:
+    """The highest cursor pruning may have removed (0: none): a reader resuming below it may
+    have missed revocations, and must read the feed again from the start."""
+    return int(
+        session.scalar(select(RevocationHorizon.cursor).where(RevocationHorizon.id == 1)) or 0
+    )

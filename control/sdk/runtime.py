@@ -625,6 +625,13 @@ class GrantVerifier:
         while True:
             params = {"after": revocations.cursor} if revocations.cursor else {}
             response = self._http.get(feed.source.url, params=params, headers=feed.headers)
+            if response.status_code == 410 and revocations.cursor and _cursor_expired(response):
+                # The feed was pruned past this cursor: what was pruned concerns only expired
+                # tokens, and what is left is read again from the start (kept entries stay).
+                log.info("revocation feed %s: cursor expired; reading it from the start",
+                         feed.source.url)  # fmt: skip
+                revocations.cursor = None
+                continue
             response.raise_for_status()
             page = response.json()
             with self._lock:
@@ -722,3 +729,12 @@ class GrantVerifier:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def _cursor_expired(response: httpx.Response) -> bool:
+    """Whether a 410 is the feed's `cursor_expired` (and not, say, a retired route)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("code") == "cursor_expired"

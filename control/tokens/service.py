@@ -10,12 +10,12 @@ import math
 import random
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import jwt
+import orjson
 from sqlalchemy.orm import Session
 
 from control.audit.service import Auditor
@@ -38,7 +38,8 @@ from control.policy.engine import (
 )
 from control.revocations.service import subject_not_before
 from control.settings import Settings
-from control.tokens.schemas import Denial, GrantOut, TokenRequest, TokenResponse
+from control.tokens.schemas import Denial, TokenRequest, TokenResponse
+from control.tokens.signing import sign_jwt
 from control.tokens.spacetime_identity import spacetimedb_identity
 from control.views import OrgView
 
@@ -51,8 +52,17 @@ PRINCIPAL_ID = re.compile(r"prn_[0-9A-Z]{26}")
 
 @dataclass(frozen=True)
 class Minted:
-    response: TokenResponse
+    # The response's fields, in the order of `TokenResponse`.
+    fields: dict[str, Any]
     claims: dict[str, Any]
+
+    @property
+    def response(self) -> TokenResponse:
+        return TokenResponse.model_validate(self.fields)
+
+    def body_bytes(self) -> bytes:
+        """The response body, serialized once, as `TokenResponse` would serialize it."""
+        return orjson.dumps(self.fields, option=orjson.OPT_UTC_Z)
 
 
 @dataclass(frozen=True)
@@ -81,17 +91,9 @@ def _timestamp(epoch: int) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
 
-def mint(
-    session: Session,
-    caller: Caller,
-    body: TokenRequest,
-    *,
-    settings: Settings,
-    keys: KeySnapshot,
-    policies: PolicyCache,
-    actor: str,
-) -> Minted | Refused:
-    """Decide and sign; or, when a stream is not granted and the request is strict, refuse."""
+def check_request(caller: Caller, body: TokenRequest, settings: Settings) -> int:
+    """What is checked before any decision: the stream cap, the TTL's bounds and the device id.
+    Returns the requested (or default) TTL."""
     check_stream_cap(body.streams, settings.max_streams_per_token)
     ttl = body.ttl_seconds if body.ttl_seconds is not None else settings.token_ttl_default_seconds
     if not settings.token_ttl_min_seconds <= ttl <= settings.token_ttl_max_seconds:
@@ -108,12 +110,63 @@ def mint(
             raise Forbidden("a device credential may only name its own device id")
         if PRINCIPAL_ID.fullmatch(body.device_id):
             raise Forbidden("`device_id` may not name another principal")
+    return ttl
 
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a mint decided, and the audit event that must be durable before it is answered."""
+
+    result: Minted | Refused
+    action: str
+    detail: dict[str, Any]
+
+
+def mint(
+    session: Session,
+    caller: Caller,
+    body: TokenRequest,
+    *,
+    settings: Settings,
+    keys: KeySnapshot,
+    policies: PolicyCache,
+    actor: str,
+) -> Minted | Refused:
+    """Decide and sign; or, when a stream is not granted and the request is strict, refuse."""
+    ttl = check_request(caller, body, settings)
     view = OrgView(session, caller.org_id)
     subject = Subject(caller.principal_id, caller.kind, caller.roles)
     policy_rev, decisions = decide_current(
         view, policies, subject, body.streams, body.query_sets, body.ops
     )
+    outcome = conclude(
+        settings,
+        keys,
+        caller,
+        body,
+        ttl,
+        policy_rev,
+        decisions,
+        lambda: subject_not_before(view, caller.principal_id),
+    )
+    Auditor(session, actor, caller.org_id).record(
+        outcome.action, caller.principal_id, outcome.detail
+    )
+    return outcome.result
+
+
+def conclude(
+    settings: Settings,
+    keys: KeySnapshot,
+    caller: Caller,
+    body: TokenRequest,
+    ttl: int,
+    policy_rev: int,
+    decisions: list[Decision],
+    floor: Callable[[], int | None],
+) -> Outcome:
+    """Refuse or sign, given the decisions; `floor` gives the subject's revocation floor
+    (epoch seconds), asked only when a token is signed."""
     granted = [d for d in decisions if d.allowed]
     denied = [
         Denial(stream=d.stream, reason=d.reason or "not_permitted")
@@ -126,47 +179,42 @@ def mint(
             for d in decisions
             if d.reason == KIND_WIDE_NOT_PERMITTED and d.rule_ids
         }
-        Auditor(session, actor, caller.org_id).record(
-            "token.denied",
-            caller.principal_id,
-            {
-                "denied": [
-                    d.model_dump()
-                    | ({"rule_ids": list(in_the_way[d.stream])} if d.stream in in_the_way else {})
-                    for d in denied
-                ],
-                "requested": len(decisions),
-                "policy_rev": policy_rev,
-            },
-        )
-        return Refused(denied, in_the_way)
-    return _sign(settings, keys, session, caller, body, granted, denied, ttl, policy_rev, actor)
+        detail = {
+            "denied": [
+                d.model_dump()
+                | ({"rule_ids": list(in_the_way[d.stream])} if d.stream in in_the_way else {})
+                for d in denied
+            ],
+            "requested": len(decisions),
+            "policy_rev": policy_rev,
+        }
+        return Outcome(Refused(denied, in_the_way), "token.denied", detail)
+    return _sign(settings, keys, caller, body, granted, denied, ttl, policy_rev, floor())
 
 
 @traced("token.sign")
 def _sign(
     settings: Settings,
     keys: KeySnapshot,
-    session: Session,
     caller: Caller,
     body: TokenRequest,
     granted: list[Decision],
     denied: list[Denial],
     ttl: int,
     policy_rev: int,
-    actor: str,
-) -> Minted:
+    floor: int | None,
+) -> Outcome:
     ttl = min([ttl, *(d.max_ttl_seconds for d in granted if d.max_ttl_seconds is not None)])
     iat = math.floor(datetime.now(UTC).timestamp())
     # A subject revoked earlier in this second: stamp the revocation's second, or the new token
     # would read as issued before the revocation (see control.revocations.service).
-    floor = subject_not_before(OrgView(session, caller.org_id), caller.principal_id)
     if floor is not None and iat < floor <= iat + 1:
         iat = floor
     exp = iat + ttl
     grants = [decision.grant() for decision in granted]
     ops: set[Op] = {op for grant in grants for op in grant.ops}
     jti = secrets.token_urlsafe(16)
+    grant_claims = [grant.to_claim() for grant in grants]
     claims: dict[str, Any] = {
         "iss": settings.issuer,
         "sub": caller.principal_id,
@@ -178,42 +226,40 @@ def _sign(
         "token_use": TOKEN_USE,
         "org_id": caller.org_id,
         "scope": scope_for(ops),
-        "grants": [grant.to_claim() for grant in grants],
+        "grants": grant_claims,
         "policy_rev": policy_rev,
     }
     if body.device_id is not None:
         claims["sid"] = body.device_id
     active = keys.active
-    token = jwt.encode(
-        claims, active.private_key, algorithm=active.alg, headers={"kid": active.kid}
-    )
+    token = sign_jwt(claims, active.private_key, active.alg, active.kid)
     refresh_fraction = REFRESH_FRACTION + random.uniform(-REFRESH_JITTER, REFRESH_JITTER)
-    Auditor(session, actor, caller.org_id).record(
-        "token.mint",
-        caller.principal_id,
-        {
-            "jti": jti,
-            "kid": active.kid,
-            "exp": exp,
-            "grants": [f"{g.stream} {','.join(g.query_sets)} {','.join(g.ops)}" for g in grants],
-            "denied": [d.model_dump() for d in denied],
-            "policy_rev": policy_rev,
-        },
-    )
-    response = TokenResponse(
-        token=token,
-        expires_in=exp - iat,
-        expires_at=_timestamp(exp),
-        refresh_after=_timestamp(iat + int(ttl * refresh_fraction)),
-        issuer=settings.issuer,
-        audience=settings.audience,
-        subject=caller.principal_id,
-        identity=spacetimedb_identity(settings.issuer, caller.principal_id),
-        org_id=caller.org_id,
-        kid=active.kid,
-        jti=jti,
-        grants=[GrantOut(**grant.to_claim()) for grant in grants],
-        denied=denied,
-        policy_rev=policy_rev,
-    )
-    return Minted(response=response, claims=claims)
+    denied_out = [{"stream": d.stream, "reason": d.reason} for d in denied]
+    detail = {
+        "jti": jti,
+        "kid": active.kid,
+        "exp": exp,
+        "grants": [f"{g.stream} {','.join(g.query_sets)} {','.join(g.ops)}" for g in grants],
+        "denied": denied_out,
+        "policy_rev": policy_rev,
+    }
+    # The response as plain data: serialized once (`body_bytes`), or validated into the model
+    # by the paths that still answer with it. Field order is the model's.
+    fields: dict[str, Any] = {
+        "token": token,
+        "token_type": "Bearer",
+        "expires_in": exp - iat,
+        "expires_at": _timestamp(exp),
+        "refresh_after": _timestamp(iat + int(ttl * refresh_fraction)),
+        "issuer": settings.issuer,
+        "audience": settings.audience,
+        "subject": caller.principal_id,
+        "identity": spacetimedb_identity(settings.issuer, caller.principal_id),
+        "org_id": caller.org_id,
+        "kid": active.kid,
+        "jti": jti,
+        "grants": grant_claims,
+        "denied": denied_out,
+        "policy_rev": policy_rev,
+    }
+    return Outcome(Minted(fields=fields, claims=claims), "token.mint", detail)

@@ -19,6 +19,7 @@
 //
 // Pure code: no import from `spacetimedb`; `index.ts` wires it to tables, reducers and views.
 
+import { CATALOG, opensView, serves, viewsByName, type Catalog } from './catalog.js';
 import { hasKey, isJsonObject, type JsonObject, type JsonValue } from './json.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -504,21 +505,17 @@ export function grantRows(grants: Iterable<Grant>, orgId: string, expiresAt: num
   return rows;
 }
 
-/** The views of this module, each a `SELECT *` target for clients. */
+/** The views of this module, each a `SELECT *` target for clients (`catalog.json` declares
+ * the same; a unit test holds them equal). */
 export const VIEWS = ['run_event_view', 'run_checkpoint_view'] as const;
 export type ViewName = (typeof VIEWS)[number];
 
 /**
- * Which views a query set (by NAME; the version is ignored) opens. The module cannot read the
- * control plane's query-set definitions, so this mirrors them: a query set opens the views its
- * queries select from. `run_events` is DESIGN.md's example (`SELECT * FROM run_event_view`,
- * `SELECT * FROM run_checkpoint_view`); `run_checkpoints` is checkpoints only. A query set not
- * listed here opens nothing. `tests/vectors/views.json` carries the same table.
+ * Per query-set NAME, the views some version of it the catalog serves opens: a summary of
+ * `catalog.json` (`tests/vectors/views.json` carries the same table). What a grant row opens is
+ * decided on its exact `name@version` and its stream's kind (`rowOpensView`), never on this.
  */
-export const QUERY_SET_VIEWS: Readonly<Record<string, readonly ViewName[]>> = {
-  run_events: ['run_event_view', 'run_checkpoint_view'],
-  run_checkpoints: ['run_checkpoint_view'],
-};
+export const QUERY_SET_VIEWS: Readonly<Record<string, readonly string[]>> = viewsByName(CATALOG);
 
 /** `run_events` for `run_events@3`; the whole string when it has no `@`. */
 export function querySetName(ref: string): string {
@@ -558,12 +555,43 @@ export function orgStreamKey(orgId: string, stream: string): string {
   return JSON.stringify([orgId, stream]);
 }
 
-/** Whether one grant row opens `view`: it allows `subscribe` and its query set opens `view`. */
+/** The kind a grant row's stream names: a stream id's kind, or a kind-wide selector's. */
+export function selectorKindOf(stream: string): string | null {
+  return isKindWide(stream) ? stream.slice(0, -2) : streamKindOf(stream);
+}
+
+/** Whether one grant row opens `view`: it allows `subscribe`, and the catalog serves its query
+ * set at exactly the version it names, on streams of its kind, opening `view`. */
 export function rowOpensView(row: GrantRowLike, view: ViewName): boolean {
   if (!row.ops.includes('subscribe') || row.query_set === '') return false;
-  const name = querySetName(row.query_set);
-  if (!Object.prototype.hasOwnProperty.call(QUERY_SET_VIEWS, name)) return false;
-  return (QUERY_SET_VIEWS[name] as readonly ViewName[]).includes(view);
+  const kind = selectorKindOf(row.stream);
+  return kind !== null && opensView(row.query_set, kind, view);
+}
+
+/** A token's grant names a query set the catalog does not serve (at that version, or on that
+ * stream's kind): the module refuses the connection, so a token minted for a version the
+ * catalog has dropped stops passing. */
+export class NotServed extends Error {
+  readonly code = 'query_set_not_served';
+  constructor(message: string) {
+    super(message);
+    this.name = 'NotServed';
+  }
+}
+
+/** Refuse (`NotServed`) a token whose grants name a query set the catalog does not serve at the
+ * version and for the stream kind they name; `catalog` is the one in force. */
+export function requireServed(grants: Iterable<Grant>, catalog: Catalog = CATALOG): void {
+  for (const grant of grants) {
+    const kind = selectorKindOf(grant.stream);
+    for (const ref of grant.query_sets) {
+      if (kind === null || !serves(ref, kind, catalog)) {
+        throw new NotServed(
+          `${ref} on ${grant.stream} is not served by the catalog ${catalog.catalog}@${catalog.revision}`,
+        );
+      }
+    }
+  }
 }
 
 /** The (org, stream) pairs `view` shows through grants naming the stream, given the viewer's
@@ -670,6 +698,8 @@ export function isExpired(expiresAt: number, now: number): boolean {
 export type RevocationKind = 'jti' | 'subject';
 
 export interface Revocation {
+  /** The org that made it: it covers that org's tokens only. */
+  readonly org_id: string;
   readonly kind: RevocationKind;
   readonly value: string;
   /** For `subject`: tokens issued (`iat`) before this unix second are revoked. Ignored for
@@ -679,6 +709,8 @@ export interface Revocation {
 
 /** Whether `revocation` covers the token behind `session`. */
 export function revocationCovers(revocation: Revocation, session: TokenSession): boolean {
+  // A jti or a subject another org names is not this org's token, whoever learned its value.
+  if (session.org_id !== revocation.org_id) return false;
   if (revocation.kind === 'jti') return session.jti === revocation.value;
   return session.subject === revocation.value && session.issued_at < revocation.not_before;
 }

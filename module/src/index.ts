@@ -34,18 +34,29 @@ import {
 import {
   ClaimsRejected,
   GrantDecision,
+  NotServed,
   acceptSyncToken,
   authorizeOp,
   isExpired,
   orgStreamKey,
+  requireServed,
   revocationCovers,
-  revocationExpiresAt,
   visibleRows,
   type Op,
   type Revocation,
   type TokenSession,
 } from './grants.js';
 import { JsonSyntaxError, parseJson, type JsonValue } from './json.js';
+import {
+  InvalidWrite,
+  applyAppends,
+  applyRevocation,
+  checkBatch,
+  type AppendEntry,
+  type AppendStore,
+  type RevocationStore,
+  type SessionLike,
+} from './writes.js';
 
 // ---------------------------------------------------------------------------------------------
 // Tables (all private: clients read only through the views below)
@@ -104,6 +115,8 @@ const sync_revocation = table(
   { name: 'sync_revocation' },
   {
     id: t.u64().primaryKey().autoInc(),
+    /** The org that made it: it covers that org's tokens only. */
+    org_id: t.string(),
     /** `jti` or `subject`. */
     kind: t.string(),
     value: t.string().index('btree'),
@@ -169,6 +182,18 @@ const stream_checkpoint = table(
   },
 );
 
+/** The idempotency keys each (org, stream) has seen, and the `seq` their first append got, for
+ * `APPEND_KEY_RETENTION_SECONDS`: a retried append with a seen key appends nothing. A unique
+ * constraint spans one column only, so the key is (org, stream, key) as one string. */
+const append_key = table(
+  { name: 'append_key' },
+  {
+    org_stream_key: t.string().primaryKey(),
+    seq: t.u64(),
+    expires_at: t.timestamp().index('btree'),
+  },
+);
+
 /** Drives `sweep_expired` every `SWEEP_INTERVAL_SECONDS`. */
 const sweep_schedule = table(
   { name: 'sweep_schedule' },
@@ -186,6 +211,7 @@ const spacetimedb = schema({
   stream_head,
   stream_event,
   stream_checkpoint,
+  append_key,
   sweep_schedule,
 });
 export default spacetimedb;
@@ -281,16 +307,48 @@ function requireControlPlane(ctx: Ctx): void {
   }
 }
 
-function recordRevocation(ctx: Ctx, revocation: Revocation): void {
-  const now = secondsOf(ctx.timestamp);
-  ctx.db.sync_revocation.insert({
-    id: 0n,
-    kind: revocation.kind,
-    value: revocation.value,
-    not_before: timestampOfSeconds(revocation.not_before),
-    expires_at: timestampOfSeconds(revocationExpiresAt(revocation, now)),
-    created_at: ctx.timestamp,
-  });
+function sessionLike(row: SessionRow): SessionLike {
+  return { ...sessionOf(row), connection_id: row.connection_id.toHexString() };
+}
+
+/** The module's tables as `applyRevocation` reads and writes them. */
+function revocationStore(ctx: Ctx): RevocationStore {
+  const connections = new Map<string, ConnectionId>();
+  return {
+    *recorded(orgId, kind, value) {
+      for (const row of ctx.db.sync_revocation.value.filter(value)) {
+        if (row.org_id === orgId && row.kind === kind) {
+          yield { org_id: orgId, kind, value, not_before: secondsOf(row.not_before) };
+        }
+      }
+    },
+    record(revocation, expiresAt) {
+      ctx.db.sync_revocation.insert({
+        id: 0n,
+        org_id: revocation.org_id,
+        kind: revocation.kind,
+        value: revocation.value,
+        not_before: timestampOfSeconds(revocation.not_before),
+        expires_at: timestampOfSeconds(expiresAt),
+        created_at: ctx.timestamp,
+      });
+    },
+    *sessions(kind, value) {
+      const rows =
+        kind === 'jti'
+          ? ctx.db.sync_session.jti.filter(value)
+          : ctx.db.sync_session.subject.filter(value);
+      for (const row of rows) {
+        const session = sessionLike(row);
+        connections.set(session.connection_id, row.connection_id);
+        yield session;
+      }
+    },
+    drop(connectionId) {
+      const id = connections.get(connectionId);
+      if (id !== undefined) dropConnection(ctx, id);
+    },
+  };
 }
 
 function isRevoked(ctx: Ctx, session: TokenSession): boolean {
@@ -298,6 +356,7 @@ function isRevoked(ctx: Ctx, session: TokenSession): boolean {
     for (const row of ctx.db.sync_revocation.value.filter(value)) {
       if (row.kind !== 'jti' && row.kind !== 'subject') continue;
       const revocation: Revocation = {
+        org_id: row.org_id,
         kind: row.kind,
         value: row.value,
         not_before: secondsOf(row.not_before),
@@ -306,6 +365,72 @@ function isRevoked(ctx: Ctx, session: TokenSession): boolean {
     }
   }
   return false;
+}
+
+/** The module's tables as `applyAppends` reads and writes them. */
+function appendStore(ctx: Ctx): AppendStore {
+  const keyOf = (orgId: string, stream: string, key: string): string =>
+    JSON.stringify([orgId, stream, key]);
+  return {
+    lastSeq(orgId, stream) {
+      return ctx.db.stream_head.org_stream.find(orgStreamKey(orgId, stream))?.last_seq ?? 0n;
+    },
+    setLastSeq(orgId, stream, seq) {
+      const org_stream = orgStreamKey(orgId, stream);
+      const head = ctx.db.stream_head.org_stream.find(org_stream);
+      if (head === null) {
+        ctx.db.stream_head.insert({ org_stream, org_id: orgId, stream_id: stream, last_seq: seq });
+      } else {
+        ctx.db.stream_head.org_stream.update({ ...head, last_seq: seq });
+      }
+    },
+    seen(orgId, stream, key) {
+      return ctx.db.append_key.org_stream_key.find(keyOf(orgId, stream, key))?.seq ?? null;
+    },
+    remember(orgId, stream, key, seq, expiresAt) {
+      ctx.db.append_key.insert({
+        org_stream_key: keyOf(orgId, stream, key),
+        seq,
+        expires_at: timestampOfSeconds(expiresAt),
+      });
+    },
+    insertEvent(orgId, stream, seq, payload) {
+      ctx.db.stream_event.insert({
+        id: 0n,
+        org_id: orgId,
+        stream_id: stream,
+        seq,
+        payload,
+        author: ctx.sender,
+        appended_at: ctx.timestamp,
+      });
+    },
+  };
+}
+
+/** Append a batch to `stream_id` of the caller's org: the `append` op is checked once, the batch
+ * once, then `applyAppends` writes it in one transaction. */
+function appendBatch(ctx: Ctx, stream_id: string, entries: readonly AppendEntry[]): void {
+  const { org_id } = requireOp(ctx, stream_id, 'append');
+  try {
+    checkBatch(entries, MAX_PAYLOAD_LENGTH);
+  } catch (error) {
+    if (error instanceof InvalidWrite) {
+      fail(error.message.startsWith('payload') ? 'payload_too_large' : error.code, error.message);
+    }
+    throw error;
+  }
+  applyAppends(appendStore(ctx), org_id, stream_id, entries, secondsOf(ctx.timestamp));
+}
+
+function revokeNow(ctx: Ctx, revocation: Revocation): void {
+  requireControlPlane(ctx);
+  try {
+    applyRevocation(revocationStore(ctx), revocation, secondsOf(ctx.timestamp));
+  } catch (error) {
+    if (error instanceof InvalidWrite) fail(error.code, error.message);
+    throw error;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -365,6 +490,15 @@ export const client_connected = spacetimedb.clientConnected((ctx) => {
     throw error;
   }
   const { session, rows } = accepted;
+  try {
+    requireServed(accepted.grants);
+  } catch (error) {
+    if (error instanceof NotServed) {
+      console.info('sync token rejected: query_set_not_served');
+      fail(error.code, error.message);
+    }
+    throw error;
+  }
   if (isRevoked(ctx, session)) {
     console.info('sync token rejected: revoked');
     fail('revoked', 'the token has been revoked');
@@ -414,6 +548,7 @@ export const sweep_expired = spacetimedb.reducer(
     ctx.db.sync_grant.expires_at.delete(expired);
     ctx.db.sync_session.expires_at.delete(expired);
     ctx.db.sync_revocation.expires_at.delete(expired);
+    ctx.db.append_key.expires_at.delete(expired);
   },
 );
 
@@ -452,60 +587,56 @@ export const configure = spacetimedb.reducer(
   },
 );
 
-/** Revoke every token of `subject` issued (`iat`) before `not_before_unix` (unix seconds): their
- * connections lose their grants now, and they cannot be used to connect again. */
+/** Revoke every token of `subject` in `org_id` issued (`iat`) before `not_before_unix` (unix
+ * seconds): their connections lose their grants now, and they cannot be used to connect again.
+ * The control plane pushes it at least once; a repeat changes nothing. */
 export const revoke_subject = spacetimedb.reducer(
-  { subject: t.string(), not_before_unix: t.u64() },
-  (ctx, { subject, not_before_unix }) => {
-    requireControlPlane(ctx);
-    const revocation: Revocation = {
+  { org_id: t.string(), subject: t.string(), not_before_unix: t.u64() },
+  (ctx, { org_id, subject, not_before_unix }) => {
+    revokeNow(ctx, {
+      org_id,
       kind: 'subject',
       value: subject,
       not_before: Number(not_before_unix),
-    };
-    recordRevocation(ctx, revocation);
-    const covered = [...ctx.db.sync_session.subject.filter(subject)].filter((row) =>
-      revocationCovers(revocation, sessionOf(row)),
-    );
-    for (const row of covered) dropConnection(ctx, row.connection_id);
+    });
   },
 );
 
-/** Revoke the one token `jti`: its connections lose their grants now, and it cannot be used to
- * connect again. */
-export const revoke_jti = spacetimedb.reducer({ jti: t.string() }, (ctx, { jti }) => {
-  requireControlPlane(ctx);
-  const revocation: Revocation = { kind: 'jti', value: jti, not_before: 0 };
-  recordRevocation(ctx, revocation);
-  const covered = [...ctx.db.sync_session.jti.filter(jti)].filter((row) =>
-    revocationCovers(revocation, sessionOf(row)),
-  );
-  for (const row of covered) dropConnection(ctx, row.connection_id);
-});
+/** Revoke the one token `jti` of `org_id`: its connections lose their grants now, and it cannot be
+ * used to connect again. A repeat changes nothing. */
+export const revoke_jti = spacetimedb.reducer(
+  { org_id: t.string(), jti: t.string() },
+  (ctx, { org_id, jti }) => {
+    revokeNow(ctx, { org_id, kind: 'jti', value: jti, not_before: 0 });
+  },
+);
 
 // ---------------------------------------------------------------------------------------------
 // Writes
 
-/** Append `payload` to `stream_id` of the caller's org; needs the `append` op on that stream. */
+/** Append `payload` to `stream_id` of the caller's org; needs the `append` op on that stream.
+ * `idempotency_key` names the event: a key the stream has seen appends nothing and succeeds, as
+ * the first append did, so a retry never duplicates an event. */
 export const append = spacetimedb.reducer(
-  { stream_id: t.string(), payload: t.string() },
-  (ctx, { stream_id, payload }) => {
-    const { org_id } = requireOp(ctx, stream_id, 'append');
-    requirePayload(payload);
-    const org_stream = orgStreamKey(org_id, stream_id);
-    const head = ctx.db.stream_head.org_stream.find(org_stream);
-    const seq = (head?.last_seq ?? 0n) + 1n;
-    if (head === null) ctx.db.stream_head.insert({ org_stream, org_id, stream_id, last_seq: seq });
-    else ctx.db.stream_head.org_stream.update({ ...head, last_seq: seq });
-    ctx.db.stream_event.insert({
-      id: 0n,
-      org_id,
+  { stream_id: t.string(), payload: t.string(), idempotency_key: t.string() },
+  (ctx, { stream_id, payload, idempotency_key }) => {
+    appendBatch(ctx, stream_id, [{ key: idempotency_key, payload }]);
+  },
+);
+
+/** Append several events to `stream_id` in one transaction, in order: `idempotency_keys[i]` names
+ * `payloads[i]`, and seen keys are skipped as by `append`. All or nothing. */
+export const append_batch = spacetimedb.reducer(
+  { stream_id: t.string(), idempotency_keys: t.array(t.string()), payloads: t.array(t.string()) },
+  (ctx, { stream_id, idempotency_keys, payloads }) => {
+    if (idempotency_keys.length !== payloads.length) {
+      fail('invalid_request', 'idempotency_keys and payloads must have the same length');
+    }
+    appendBatch(
+      ctx,
       stream_id,
-      seq,
-      payload,
-      author: ctx.sender,
-      appended_at: ctx.timestamp,
-    });
+      payloads.map((payload, index) => ({ key: idempotency_keys[index] as string, payload })),
+    );
   },
 );
 

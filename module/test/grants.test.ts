@@ -238,7 +238,7 @@ describe('grammar', () => {
   it('turns grants into rows and rows into views', () => {
     const rows = grantRows(
       [
-        { stream: 'run:a', query_sets: ['run_events@3', 'run_checkpoints@1'], ops: ['subscribe'] },
+        { stream: 'run:a', query_sets: ['run_events@1', 'run_checkpoints@1'], ops: ['subscribe'] },
         { stream: 'run:b', query_sets: [], ops: ['append'] },
       ],
       'org_acme',
@@ -263,7 +263,7 @@ describe('grammar', () => {
 
   it("shows no other org's rows even from a lookup that ignores the org", () => {
     const grants = grantRows(
-      [{ stream: 'run:s', query_sets: ['run_events@3'], ops: ['subscribe'] }],
+      [{ stream: 'run:s', query_sets: ['run_events@1'], ops: ['subscribe'] }],
       'org_a',
       NOW,
     );
@@ -282,7 +282,7 @@ describe('grammar', () => {
       [1],
     );
     const wide = grantRows(
-      [{ stream: 'run:*', query_sets: ['run_events@3'], ops: ['subscribe'] }],
+      [{ stream: 'run:*', query_sets: ['run_events@1'], ops: ['subscribe'] }],
       'org_a',
       NOW,
     );
@@ -387,11 +387,11 @@ describe('grammar', () => {
 
   it('keeps a revocation until every token it covers has expired', () => {
     assert.equal(
-      revocationExpiresAt({ kind: 'jti', value: 't', not_before: 0 }, NOW),
+      revocationExpiresAt({ org_id: 'o', kind: 'jti', value: 't', not_before: 0 }, NOW),
       NOW + REVOCATION_RETENTION_SECONDS,
     );
     assert.equal(
-      revocationExpiresAt({ kind: 'subject', value: 's', not_before: NOW + 10 }, NOW),
+      revocationExpiresAt({ org_id: 'o', kind: 'subject', value: 's', not_before: NOW + 10 }, NOW),
       NOW + 10 + REVOCATION_RETENTION_SECONDS,
     );
   });

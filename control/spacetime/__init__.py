@@ -1,0 +1,1 @@
+"""SpacetimeDB: the module's query-set catalog, the revocation outbox and its deliverer."""

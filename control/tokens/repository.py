@@ -1,0 +1,120 @@
+"""The one read of a mint by API key, built once: the credential, its principal, the org's
+`policy_rev` and operator flag, the subject's revocation floor and the requested streams, in a
+single statement (one round trip on PostgreSQL, one step on SQLite).
+
+One row per requested stream the org holds, or a single row with null stream columns when it
+holds none of them (or none was named); no row when the key is unknown.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from sqlalchemy import Table, and_, bindparam, func, select
+
+from control.identity.models import Credential, Org, Principal
+from control.policy.models import Stream
+from control.revocations.models import Revocation
+
+_credential_table, _principal_table, _org_table, _stream_table, _revocation_table = (
+    cast(Table, Credential.__table__),
+    cast(Table, Principal.__table__),
+    cast(Table, Org.__table__),
+    cast(Table, Stream.__table__),
+    cast(Table, Revocation.__table__),
+)
+_credentials, _principals, _orgs = _credential_table.c, _principal_table.c, _org_table.c
+_streams, _revocations = _stream_table.c, _revocation_table.c
+
+# The latest `not_before` of the subject's revocations in its org (the same filter as
+# `control.revocations.repository.SUBJECT_NOT_BEFORE`, correlated to the principal).
+_SUBJECT_FLOOR = (
+    select(func.max(_revocations.not_before))
+    .where(
+        _revocations.org_id == _principals.org_id,
+        _revocations.kind == "subject",
+        _revocations.value == _principals.id,
+    )
+    .scalar_subquery()
+)
+
+MINT_READ = (
+    select(
+        _credentials.id,
+        _credentials.revoked_at,
+        _credentials.expires_at,
+        _credentials.last_used_at,
+        _principals.id.label("principal_id"),
+        _principals.org_id,
+        _principals.kind,
+        _principals.roles,
+        _principals.disabled,
+        _orgs.is_operator,
+        _orgs.policy_rev,
+        _SUBJECT_FLOOR.label("subject_floor"),
+        _streams.id.label("stream_id"),
+        _streams.kind.label("stream_kind"),
+        _streams.owner_id.label("stream_owner_id"),
+    )
+    .join_from(_credential_table, _principal_table, _principals.id == _credentials.principal_id)
+    .join(_org_table, _orgs.id == _principals.org_id)
+    .outerjoin(
+        _stream_table,
+        and_(
+            _streams.org_id == _principals.org_id,
+            _streams.id.in_(bindparam("ids", expanding=True)),
+        ),
+    )
+    .where(_credentials.key_hash == bindparam("key_hash"))
+)
+
+# The one read of an introspection by API key: the caller (the columns of
+# `control.identity.repository.CALLER_BY_KEY_HASH`) and, in the caller's org, whether the
+# token's `jti` is revoked, its subject's revocation floor (the filters of
+# `control.revocations.repository`), and whether the named stream is registered. Null
+# parameters (no token claims, no stream) match nothing. One row, or none for an unknown key.
+_JTI_REVOKED = (
+    select(_revocations.cursor)
+    .where(
+        _revocations.org_id == _principals.org_id,
+        _revocations.kind == "jti",
+        _revocations.value == bindparam("jti"),
+    )
+    .limit(1)
+    .scalar_subquery()
+)
+_NAMED_SUBJECT_FLOOR = (
+    select(func.max(_revocations.not_before))
+    .where(
+        _revocations.org_id == _principals.org_id,
+        _revocations.kind == "subject",
+        _revocations.value == bindparam("subject"),
+    )
+    .scalar_subquery()
+)
+_STREAM_REGISTERED = (
+    select(_streams.id)
+    .where(_streams.org_id == _principals.org_id, _streams.id == bindparam("stream"))
+    .scalar_subquery()
+)
+
+INTROSPECT_READ = (
+    select(
+        _credentials.id,
+        _credentials.revoked_at,
+        _credentials.expires_at,
+        _credentials.last_used_at,
+        _principals.id.label("principal_id"),
+        _principals.org_id,
+        _principals.kind,
+        _principals.roles,
+        _principals.disabled,
+        _orgs.is_operator,
+        _JTI_REVOKED.label("jti_revoked"),
+        _NAMED_SUBJECT_FLOOR.label("subject_floor"),
+        _STREAM_REGISTERED.label("stream_found"),
+    )
+    .join_from(_credential_table, _principal_table, _principals.id == _credentials.principal_id)
+    .join(_org_table, _orgs.id == _principals.org_id)
+    .where(_credentials.key_hash == bindparam("key_hash"))
+)
