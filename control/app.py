@@ -94,13 +94,15 @@ def create_app(
         app.state.control = current
         current.keys_refreshing = background
         tracing.instrument_engine(current.engine)
-        await asyncio.to_thread(prepare, current)
-        if background:
-            # A serving process: what startup built lives as long as it does. Frozen out of the
-            # collector's generations, full collections stop walking it on every pass, so their
-            # pauses (which land in some requests' latency) stay short.
+        if background and own_state:
+            # A serving process (the app built its own state: `control serve`), not an app
+            # embedded in another program: what startup built lives as long as it does. Frozen
+            # out of the collector's generations, full collections stop walking it on every
+            # pass, so their pauses (which land in some requests' latency) stay short. Before
+            # the keys load, so the one long collection does not age the first snapshot.
             gc.collect()
             gc.freeze()
+        await asyncio.to_thread(prepare, current)
         task = asyncio.create_task(_refresh_keys_forever(current)) if background else None
         beats = asyncio.create_task(current.heartbeat_forever()) if background else None
         pruning = (

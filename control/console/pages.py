@@ -214,21 +214,17 @@ async def delete_principal(request: Request, principal_id: str) -> Response:
         return identity_api.delete_principal(principal_id, view, console.caller)
 
     try:
-        confirm = await console.confirmation(
+        return await console.confirmed(
             form,
             work,
             what=f"Delete principal {name} ({principal_id}) and its API keys",
-            always=True,
             back=back,
+            done="/console/principals?done=deleted",
         )
-        if confirm is not None:
-            return confirm
-        await console.run(work)
     except ProblemError as problem:
         return await _principal(
             console, principal_id, errors=field_errors(problem), status=status_of(problem)
         )
-    return see_other("/console/principals?done=deleted")
 
 
 def _expiry(text: str) -> datetime | None:
@@ -283,17 +279,13 @@ async def revoke_credential(request: Request, credential_id: str) -> Response:
     def work(view: OrgView) -> Any:
         return identity_api.revoke_credential(credential_id, view, console.caller)
 
-    confirm = await console.confirmation(
+    return await console.confirmed(
         form,
         work,
         what=f"Revoke API key {prefix}… ({credential_id})",
-        always=True,
         back=back,
+        done=f"{back}?done=revoked",
     )
-    if confirm is not None:
-        return confirm
-    await console.run(work)
-    return see_other(f"{back}?done=revoked")
 
 
 # --- streams and query sets ---------------------------------------------------------------
@@ -354,17 +346,13 @@ async def delete_stream(request: Request, stream_id: str) -> Response:
     def work(view: OrgView) -> Any:
         return policy_api.delete_stream(stream_id, view, console.caller)
 
-    confirm = await console.confirmation(
+    return await console.confirmed(
         form,
         work,
         what=f"Delete stream {stream_id}, ending every grant on it",
-        always=True,
         back="/console/streams",
+        done="/console/streams?done=deleted",
     )
-    if confirm is not None:
-        return confirm
-    await console.run(work)
-    return see_other("/console/streams?done=deleted")
 
 
 QS_FIELDS = ("name", "stream_kinds", "queries", "description")
@@ -544,17 +532,17 @@ async def delete_query_set(request: Request, name: str) -> Response:
         return policy_api.delete_query_set(name, view, console.caller)
 
     try:
-        confirm = await console.confirmation(
-            form, work, what=f"Delete query set {row.ref}", always=True, back=back
+        return await console.confirmed(
+            form,
+            work,
+            what=f"Delete query set {row.ref}",
+            back=back,
+            done="/console/query-sets?done=deleted",
         )
-        if confirm is not None:
-            return confirm
-        await console.run(work)
     except ProblemError as problem:
         return await _query_set(
             console, name, errors=field_errors(problem), status=status_of(problem)
         )
-    return see_other("/console/query-sets?done=deleted")
 
 
 # --- grant rules --------------------------------------------------------------------------
@@ -839,13 +827,13 @@ async def delete_rule(request: Request, rule_id: str) -> Response:
     def work(view: OrgView) -> Any:
         return policy_api.delete_rule(rule_id, view, console.caller)
 
-    confirm = await console.confirmation(
-        form, work, what=f"Delete grant rule {rule_id}", always=True, back="/console/rules"
+    return await console.confirmed(
+        form,
+        work,
+        what=f"Delete grant rule {rule_id}",
+        back="/console/rules",
+        done="/console/rules?done=deleted",
     )
-    if confirm is not None:
-        return confirm
-    await console.run(work)
-    return see_other("/console/rules?done=deleted")
 
 
 # --- explain ------------------------------------------------------------------------------
@@ -987,21 +975,17 @@ async def create_revocation(request: Request) -> Response:
         def work(view: OrgView) -> Any:
             return revocations_api.create_revocation(body, view, console.caller)
 
-        confirm = await console.confirmation(
+        return await console.confirmed(
             form,
             work,
             what=f"Revoke {body.kind} {body.value}",
-            always=True,
             back="/console/revocations",
+            done="/console/revocations?done=revoked",
         )
-        if confirm is not None:
-            return confirm
-        await console.run(work)
     except ProblemError as problem:
         return await _revocations(
             console, errors=field_errors(problem), values=form.values(), status=status_of(problem)
         )
-    return see_other("/console/revocations?done=revoked")
 
 
 async def _issuers(
@@ -1187,17 +1171,13 @@ async def delete_issuer(request: Request, issuer_id: str) -> Response:
     def work(view: OrgView) -> Any:
         return federation_api.delete_trusted_issuer(issuer_id, view, console.caller)
 
-    confirm = await console.confirmation(
+    return await console.confirmed(
         form,
         work,
         what=f"Stop trusting issuer {issuer_id}",
-        always=True,
         back="/console/trusted-issuers",
+        done="/console/trusted-issuers?done=deleted",
     )
-    if confirm is not None:
-        return confirm
-    await console.run(work)
-    return see_other("/console/trusted-issuers?done=deleted")
 
 
 def age(since: datetime | None, now: datetime) -> str:

@@ -326,6 +326,23 @@ class Console:
             form, what=what, revoked=preview.revoked, back=back, details=details
         )
 
+    async def confirmed(
+        self,
+        form: Form,
+        work: Callable[[OrgView], Any],
+        *,
+        what: str,
+        back: str,
+        done: str,
+    ) -> Response:
+        """A change that is always confirmed first (a delete, a revocation): the confirmation
+        page until the form confirms it, then `work` done and the browser sent on to `done`."""
+        confirm = await self.confirmation(form, work, what=what, always=True, back=back)
+        if confirm is not None:
+            return confirm
+        await self.run(work)
+        return see_other(done)
+
     def confirm_page(
         self,
         form: Form,
