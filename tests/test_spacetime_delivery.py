@@ -165,10 +165,11 @@ def test_a_replica_that_dies_mid_delivery_loses_nothing(
             wait_for(lambda: delivered_everywhere(p.standin, p.org_id, [ada]), "the redelivery")
             with p.standin.lock:
                 sent = [c for c in p.standin.calls if c.reducer == "revoke_subject"]
-            # Both databases got it; at least one got it twice (the call the crash cut short
-            # finished in the stand-in, then the restarted replica made it again): harmless.
+            # Both databases got it. The call the crash cut short may have finished in the
+            # stand-in too (then the restarted replica made it again, harmlessly), or been
+            # dropped with its connection: either way nothing is lost.
             assert {c.database for c in sent} == set(DATABASES)
-            assert len(sent) > len(DATABASES)
+            assert len(sent) >= len(DATABASES)
 
 
 def _in_flight(standin: SpacetimeStandIn) -> bool:
