@@ -117,11 +117,11 @@ ROUTES: tuple[Route, ...] = (
                   "signing_unavailable"),
           # The same route speaks OAuth 2.0 to form bodies (docs/oauth.md).
           media_endpoints={oauth.FORM_MEDIA_TYPE: oauth.token_form},
-          openapi_extra=oauth.OPENAPI_EXTRA),
+          openapi_extra=oauth.OPENAPI_EXTRA, direct=tokens.mint_token_directly),
     Route("POST", "/api/sync/introspect", "introspect_sync_token",
           "Is this sync token active, and does it cover a stream / query set / op?",
           "tokens", SERVICE_KEY_IN_ENDPOINT, tokens.introspect, request_model=IntrospectRequest,
-          response_model=IntrospectResponse),
+          response_model=IntrospectResponse, direct=tokens.introspect_directly),
     Route("GET", "/api/sync/revocations", "revocation_feed",
           "Revocations after a cursor, in order, for runtime caches", "tokens", SERVICE,
           revocations.revocation_feed, response_model=RevocationFeed,

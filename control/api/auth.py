@@ -9,11 +9,12 @@ looked up once however many dependencies ask for it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -28,7 +29,7 @@ from control.federation.service import (
 )
 from control.identity.caller import Caller
 from control.identity.service import caller_for_key
-from control.kit.routing import Access, media_type, table_entry
+from control.kit.routing import Access, BodyReader, DirectEndpoint, media_type, table_entry
 from control.state import AppState
 from control.views import OrgView
 
@@ -137,12 +138,48 @@ async def bearer_required(request: Request, credentials: BearerCredentials) -> N
     json_body = media_type(request).endswith("json")
     if entry is None or (json_body and _body_valid(entry.request_model, await request.body())):
         return
+    await judge_credential(request, credentials.credentials, entry.access)
+
+
+def served_directly(
+    endpoint: Callable[[Request, Any], Awaitable[Response]],
+) -> DirectEndpoint:
+    """`endpoint`, of a route whose guard is `bearer_required`, as the route serves it without
+    FastAPI's dependency solving (`Route.direct`), answering as FastAPI and the guard would, in
+    their order: a body that does not parse as JSON is refused first (FastAPI reads the body
+    before any guard runs); then a request without a bearer credential (401); then, for a body
+    the route will refuse, the credential is judged (401, 403) before the 422; then `endpoint`
+    with the model."""
+
+    async def serve(request: Request, read_body: BodyReader) -> Response:
+        parsed = await read_body(request)
+        presented = presented_bearer(request)
+        if parsed.errors:
+            entry = table_entry(request.scope)
+            if entry is not None:
+                await judge_credential(request, presented, entry.access)
+            raise parsed.refusal()
+        return await endpoint(request, parsed.value)
+
+    return serve
+
+
+def presented_bearer(request: Request) -> str:
+    """The request's bearer credential, as `bearer_scheme` reads it; 401 without one."""
+    scheme, presented = get_authorization_scheme_param(request.headers.get("authorization"))
+    if scheme.lower() != "bearer" or not presented:
+        raise Unauthorized("an `Authorization: Bearer` credential is required")
+    return presented
+
+
+async def judge_credential(request: Request, presented: str, access: Access) -> None:
+    """Refuse `presented` as the route's guard would (401, 403), for a route about to refuse
+    the request's body: a caller without access learns nothing of what the body should be."""
     state: AppState = request.app.state.control
-    presented = credentials.credentials
-    if ID_TOKEN in entry.access.accepts and looks_like_jwt(presented):
+    if ID_TOKEN in access.accepts and looks_like_jwt(presented):
         await verify_presented_id_token(state, presented)
         return
-    await run_in_threadpool(_judge_key, state, presented, entry.access)
+    await run_in_threadpool(_judge_key, state, presented, access)
 
 
 def _body_valid(model: type[BaseModel] | None, body: bytes) -> bool:

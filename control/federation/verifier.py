@@ -137,16 +137,10 @@ class UpstreamVerifier:
         backoff_max: float = BACKOFF_MAX_SECONDS,
         fetch_budget: float = FETCH_BUDGET_SECONDS,
     ) -> None:
-        self._http = http or httpx.Client(
-            timeout=fetch_budget,
-            follow_redirects=False,
-            # No proxy from the environment: it would connect on our behalf to a target this
-            # module never checked.
-            trust_env=False,
-            # Connections go to checked addresses with the name only in SNI and Host; a pooled
-            # connection is keyed by address, so one made for one name must not serve another.
-            limits=httpx.Limits(max_keepalive_connections=0),
-        )
+        # Built on first use: most replicas never fetch an issuer's keys, and a client's TLS
+        # context costs tens of milliseconds to load.
+        self._given_http = http
+        self._made_http: httpx.Client | None = None
         self.max_age = max_age
         self.min_refetch_interval = min_refetch_interval
         self.leeway = leeway
@@ -157,6 +151,24 @@ class UpstreamVerifier:
         self._backoff: dict[str, _Backoff] = {}
         self._fetching: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
+
+    def _http(self) -> httpx.Client:
+        if self._given_http is not None:
+            return self._given_http
+        with self._lock:
+            if self._made_http is None:
+                self._made_http = httpx.Client(
+                    timeout=self.fetch_budget,
+                    follow_redirects=False,
+                    # No proxy from the environment: it would connect on our behalf to a
+                    # target this module never checked.
+                    trust_env=False,
+                    # Connections go to checked addresses with the name only in SNI and Host;
+                    # a pooled connection is keyed by address, so one made for one name must
+                    # not serve another.
+                    limits=httpx.Limits(max_keepalive_connections=0),
+                )
+            return self._made_http
 
     # --- fetching ---------------------------------------------------------------------------
 
@@ -193,7 +205,7 @@ class UpstreamVerifier:
         request_url, headers, extensions = _pinned(target, address)
         chunks: list[bytes] = []
         size = 0
-        with self._http.stream(
+        with self._http().stream(
             "GET",
             request_url,
             headers=headers,
@@ -359,7 +371,9 @@ class UpstreamVerifier:
         return claims
 
     def close(self) -> None:
-        self._http.close()
+        client = self._made_http if self._given_http is None else self._given_http
+        if client is not None:
+            client.close()
 
 
 _REGISTERED_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "nbf", "iat", "jti"})

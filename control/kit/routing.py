@@ -8,16 +8,21 @@ the successor and never reaches the spec. Nothing else in the project calls `add
 from __future__ import annotations
 
 import copy
+import email.message
 import enum
 import inspect
+import json
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, get_args, get_origin
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
+from starlette.routing import BaseRoute, Match
+from starlette.types import Scope
 
 from control.errors import ERROR_CODES, PROBLEM_MEDIA_TYPE, problem_response
 
@@ -56,6 +61,24 @@ class Access:
 
 
 @dataclass(frozen=True)
+class ParsedBody:
+    """A JSON request body read and checked against its route's `request_model` as FastAPI's
+    own handler does: `value`, the model, when it is valid; else `errors`, FastAPI's, located
+    under `body`."""
+
+    value: Any
+    errors: list[dict[str, Any]]
+
+    def refusal(self) -> RequestValidationError:
+        """The 422 FastAPI answers with for this body."""
+        return RequestValidationError(self.errors)
+
+
+BodyReader = Callable[[Request], Awaitable[ParsedBody]]
+DirectEndpoint = Callable[[Request, BodyReader], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
 class Route:
     method: str
     path: str
@@ -79,6 +102,14 @@ class Route:
     media_endpoints: dict[str, Callable[[Request], Awaitable[Response]]] = field(
         default_factory=dict
     )
+    # A route on the hot path may be served by `direct(request, read_body)` in place of FastAPI's
+    # handler for `endpoint`, which solves the endpoint's dependencies and guard anew for each
+    # request: on the token route, as much CPU as the mint itself. `read_body` reads the body as
+    # FastAPI does (one that is not JSON is refused at once, as FastAPI refuses it); `direct`
+    # applies its guard's checks in the guard's order and calls `endpoint` with the model, so
+    # the answers are those FastAPI gives. `endpoint` and `request_model` stay the spec's source.
+    # Bodies of `media_endpoints` types still go to those.
+    direct: DirectEndpoint | None = None
     # Merged into the route's OpenAPI operation (FastAPI's `openapi_extra`): where the spec
     # documents what the model-driven parts cannot say, such as the `media_endpoints` bodies.
     openapi_extra: dict[str, Any] | None = None
@@ -116,20 +147,95 @@ class TableRoute(APIRoute):
     every other request to the route's FastAPI handler, exactly as if there were none."""
 
     entry: Route | None = None
+    # The path's text before its first parameter: no path without it can match.
+    literal: str | None = None
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        # The app's router tries its routes in order, and FastAPI's and Starlette's matching of
+        # one (scope lookups and the path's regex) costs as much as a small endpoint on the
+        # token route, eleventh in the table: routes the path cannot reach are turned away on
+        # their literal text first. (Only under no `root_path`, where the path is the route's
+        # path, and never for a route of an included router: the table mounts none.)
+        literal = self.literal
+        if literal is not None and scope["type"] == "http" and not scope.get("root_path"):
+            path: str = scope["path"]
+            if not path.startswith(literal) or (literal == self.path and path != literal):
+                return Match.NONE, {}
+        return super().matches(scope)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def dispatch(request: Request) -> Response:
             # Read per request: the entry is attached after FastAPI builds the handler.
-            alternates = self.entry.media_endpoints if self.entry is not None else None
-            if alternates:
-                endpoint = alternates.get(media_type(request))
-                if endpoint is not None:
-                    return await endpoint(request)
+            entry = self.entry
+            if entry is not None:
+                if entry.media_endpoints:
+                    endpoint = entry.media_endpoints.get(media_type(request))
+                    if endpoint is not None:
+                        return await endpoint(request)
+                if entry.direct is not None:
+                    return await entry.direct(request, self.read_body)
             return await handler(request)
 
         return dispatch
+
+    async def read_body(self, request: Request) -> ParsedBody:
+        """The body as FastAPI's handler reads and validates a route's one model parameter
+        (`fastapi.routing.get_request_handler`): JSON under a JSON media type (and only there;
+        a body without a `Content-Type` stays bytes), refused at once when it does not parse;
+        bytes under any other; missing when empty."""
+        raw = await request.body()
+        value: Any = _MISSING
+        if raw:
+            value = raw
+            content_type = request.headers.get("content-type")
+            if content_type and _names_json(content_type):
+                try:
+                    # The standard parser, as FastAPI's: orjson reads integers past 64 bits
+                    # as floats, and some bodies as other values.
+                    value = json.loads(raw)
+                except json.JSONDecodeError as exc:
+                    raise RequestValidationError(
+                        [
+                            {
+                                "type": "json_invalid",
+                                "loc": ("body", exc.pos),
+                                "msg": "JSON decode error",
+                                "input": {},
+                                "ctx": {"error": exc.msg},
+                            }
+                        ],
+                        body=exc.doc,
+                    ) from exc
+                except Exception as exc:  # invalid UTF-8, nesting too deep: as FastAPI
+                    raise HTTPException(400, "There was an error parsing the body") from exc
+        field = self.body_field
+        assert field is not None, "a direct route takes a request model"
+        if value is _MISSING:
+            if not field.field_info.is_required():
+                return ParsedBody(copy.deepcopy(field.default), [])
+            missing = {"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}
+            return ParsedBody(None, [missing])
+        model, errors = field.validate(value, {}, loc=("body",))
+        return ParsedBody(model, list(errors))
+
+
+# A body that is empty (FastAPI's `Undefined`).
+_MISSING = object()
+
+
+def _names_json(content_type: str) -> bool:
+    """Whether FastAPI reads a body of this `Content-Type` as JSON: `application/json` or
+    `application/*+json`, parsed as the `email` package parses the header."""
+    if content_type == "application/json":  # nearly every request: no parsing needed
+        return True
+    message = email.message.Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (
+        subtype == "json" or subtype.endswith("+json")
+    )
 
 
 def table_entry(scope: Mapping[str, Any]) -> Route | None:
@@ -192,6 +298,8 @@ def check_table(routes: Sequence[Route]) -> None:
         for media in route.media_endpoints:
             if media != media.strip().lower() or ";" in media or media == "application/json":
                 raise ValueError(f"{route.operation_id}: {media!r} cannot name another body")
+        if route.direct is not None and route.request_model is None:
+            raise ValueError(f"{route.operation_id}: a direct route reads a request model")
         if route.request_model is not None:
             # `Annotated[Model, Body(...)]` takes the model too (a body with a default).
             annotations = [
@@ -211,11 +319,34 @@ def mount_routes(
     prepare: Callable[[Callable[..., Any]], Callable[..., Any]] = lambda endpoint: endpoint,
 ) -> None:
     """Mount every entry of the table on `app`; `guard(access)` makes the auth dependency and
-    `prepare(endpoint)` what is mounted for an endpoint."""
+    `prepare(endpoint)` what is mounted for an endpoint.
+
+    FastAPI analyses each endpoint's signature and models when a route is built, which for the
+    whole table costs a quarter of a second; the built routes hold nothing of the app they
+    serve, so each table is built once per process and every app built after shares them
+    (`app.dependency_overrides` does not reach shared routes; nothing here uses it)."""
+    key = (id(routes), guard, prepare)
+    built = _BUILT.get(key)
+    if built is None or built[0] is not routes:
+        # The cache holds `routes` itself, so its id cannot name another table while cached.
+        built = (routes, _build_routes(routes, guard, prepare))
+        _BUILT[key] = built
+    app.router.routes.extend(built[1])
+
+
+_BUILT: dict[tuple[int, object, object], tuple[Sequence[Route], tuple[BaseRoute, ...]]] = {}
+
+
+def _build_routes(
+    routes: Sequence[Route],
+    guard: Callable[[Access], Callable[..., Any]],
+    prepare: Callable[[Callable[..., Any]], Callable[..., Any]],
+) -> tuple[BaseRoute, ...]:
     check_table(routes)
+    router = APIRouter(redirect_slashes=False)
     for route in routes:
         if route.status is Status.RETIRED:
-            app.add_api_route(
+            router.add_api_route(
                 route.path,
                 _retired_endpoint(route),
                 methods=[route.method],
@@ -225,7 +356,7 @@ def mount_routes(
         assert route.endpoint is not None
         bearer = not route.access.public and route.status is not Status.CONSOLE
         dependencies = [Depends(guard(route.access))] if bearer else []
-        app.router.add_api_route(
+        router.add_api_route(
             route.path,
             prepare(route.endpoint),
             methods=[route.method],
@@ -241,6 +372,8 @@ def mount_routes(
             include_in_schema=route.status is Status.ACTIVE,
             route_class_override=TableRoute,
         )
-        mounted = app.router.routes[-1]
+        mounted = router.routes[-1]
         assert isinstance(mounted, TableRoute)
         mounted.entry = route
+        mounted.literal = route.path.split("{", 1)[0]
+    return tuple(router.routes)
