@@ -109,6 +109,8 @@ def asgi(url: str, raw: bytes, count: int) -> int:
                 await call("POST", "/api/sync/token", headers, payload)
             profile.disable()
             pstats.Stats(profile).sort_stats("tottime").print_stats(40)
+            if os.environ.get("PROFILE_CALLERS"):
+                pstats.Stats(profile).print_callers(os.environ["PROFILE_CALLERS"])
 
     asyncio.run(run())
     return 0

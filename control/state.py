@@ -23,6 +23,7 @@ from control.keys.service import KeyRing
 from control.kit.db import (
     AsyncDatabase,
     InlineReader,
+    InlineWriter,
     make_async_database,
     make_engine,
     make_sessionmaker,
@@ -83,6 +84,7 @@ class AppState:
             write_lock=lambda: self.request_lock,
             inline=self.request_lock is not None,
             async_engine=database.writes if database is not None else None,
+            inline_writer=InlineWriter(self.engine) if self.inline_reads is not None else None,
         )
 
     def inline_reader(self) -> InlineReader | None:

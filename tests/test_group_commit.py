@@ -23,11 +23,18 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from control.audit.models import AuditEvent
 from control.audit.writer import AuditWriteFailed, AuditWriter, SideWrite
-from control.kit.db import AsyncDatabase, make_async_database, make_engine, make_sessionmaker
+from control.kit.db import (
+    AsyncDatabase,
+    InlineWriter,
+    make_async_database,
+    make_engine,
+    make_sessionmaker,
+)
 from control.migrate import upgrade
 from control.state import AppState
 from tests.factories import Api, OrgFixture
@@ -81,12 +88,22 @@ async def write_all(
     return [r if isinstance(r, BaseException) else None for r in results]
 
 
-@pytest.mark.parametrize("inline", [True, False], ids=["on-the-loop", "on-a-thread"])
+# SQLite's three ways to commit a batch: on the event loop through the driver's connection
+# (`InlineWriter`, as a served replica does), on the loop through SQLAlchemy, on a thread.
+WAYS = ["on-the-driver", "on-the-loop", "on-a-thread"]
+
+
+def sqlite_writer(engine: Engine, sessions: sessionmaker[Session], way: str, **kw: Any) -> Any:
+    inline_writer = InlineWriter(engine) if way == "on-the-driver" else None
+    return AuditWriter(sessions, inline=way != "on-a-thread", inline_writer=inline_writer, **kw)
+
+
+@pytest.mark.parametrize("way", WAYS)
 def test_concurrent_writes_share_bounded_commits(
-    sqlite_sessions: tuple[Engine, sessionmaker[Session]], inline: bool
+    sqlite_sessions: tuple[Engine, sessionmaker[Session]], way: str
 ) -> None:
     engine, sessions = sqlite_sessions
-    writer = AuditWriter(sessions, max_batch=8, inline=inline)
+    writer = sqlite_writer(engine, sessions, way, max_batch=8)
 
     async def run() -> list[BaseException | None]:
         try:
@@ -101,12 +118,12 @@ def test_concurrent_writes_share_bounded_commits(
     assert 7 <= writer.batches < 50
 
 
-@pytest.mark.parametrize("inline", [True, False], ids=["on-the-loop", "on-a-thread"])
+@pytest.mark.parametrize("way", WAYS)
 def test_a_failed_commit_fails_every_write_in_it(
-    sqlite_sessions: tuple[Engine, sessionmaker[Session]], inline: bool
+    sqlite_sessions: tuple[Engine, sessionmaker[Session]], way: str
 ) -> None:
     engine, sessions = sqlite_sessions
-    writer = AuditWriter(sessions, inline=inline)
+    writer = sqlite_writer(engine, sessions, way)
 
     async def run() -> tuple[list[BaseException | None], list[BaseException | None]]:
         try:
@@ -188,13 +205,14 @@ def test_the_asyncio_group_commit_keeps_every_invariant(
     assert sorted(stored(engine)) == sorted(expected)
 
 
+@pytest.mark.parametrize("way", WAYS[:2])
 def test_a_side_write_alone_rides_a_batch(
-    sqlite_sessions: tuple[Engine, sessionmaker[Session]],
+    sqlite_sessions: tuple[Engine, sessionmaker[Session]], way: str
 ) -> None:
     """A read-only request's side write (an API key's `last_used_at`, from introspection)
     commits in a batch without an event of its own."""
     engine, sessions = sqlite_sessions
-    writer = AuditWriter(sessions, inline=True)
+    writer = sqlite_writer(engine, sessions, way)
     marker = text(
         "INSERT INTO audit_events (at, actor, action, target, org_id, detail) "
         "VALUES (:at, 'prn_TEST', 'side', 'side-write', 'org_TEST', '{}')"
@@ -212,6 +230,41 @@ def test_a_side_write_alone_rides_a_batch(
     asyncio.run(run())
     assert sorted(stored(engine)) == ["side-write", "target-1"]
     assert writer.events == 1
+
+
+def test_the_driver_writes_the_rows_sqlalchemy_writes(
+    sqlite_sessions: tuple[Engine, sessionmaker[Session]],
+) -> None:
+    """An event written through the driver's connection reads back exactly as one written
+    through SQLAlchemy: the same stored text, the same values."""
+    engine, sessions = sqlite_sessions
+    at = datetime(2026, 5, 4, 3, 2, 1, 123456, tzinfo=UTC)
+    detail = {"jti": "j", "grants": ["run:a run_events@1 subscribe"], "n": 1.5, "none": None}
+    stored_rows = {}
+    for way in ("on-the-driver", "on-the-loop"):
+        writer = sqlite_writer(engine, sessions, way)
+        row = {**event("token.mint", 0), "at": at, "detail": detail, "target": way}
+
+        async def run(writer: AuditWriter = writer, row: dict[str, Any] = row) -> None:
+            try:
+                await writer.write(row)
+            finally:
+                await writer.close()
+
+        asyncio.run(run())
+        with engine.connect() as connection:
+            raw = connection.execute(
+                text(
+                    "SELECT at, actor, action, org_id, detail FROM audit_events WHERE target = :t"
+                ),
+                {"t": way},
+            ).one()
+        with sessions() as session:
+            orm = session.scalars(select(AuditEvent).where(AuditEvent.target == way)).one()
+            stored_rows[way] = (tuple(raw), orm.at, orm.detail)
+    assert stored_rows["on-the-driver"] == stored_rows["on-the-loop"]
+    assert stored_rows["on-the-driver"][1] == at
+    assert stored_rows["on-the-driver"][2] == detail
 
 
 def refuse_mint_events(state: AppState, backend: str) -> None:

@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session, sessionmaker
 
 from control.audit.repository import INSERT_EVENT
-from control.kit.db import end_unit_of_work
+from control.kit.db import InlineWriter, end_unit_of_work
 from control.observability import metrics
 
 log = logging.getLogger("control.audit")
@@ -65,6 +65,7 @@ class AuditWriter:
         write_lock: Callable[[], asyncio.Lock | None] = lambda: None,
         inline: bool = False,
         async_engine: AsyncEngine | None = None,
+        inline_writer: InlineWriter | None = None,
     ) -> None:
         # Units of work, as every request's (and the tests' transaction) are made.
         self.sessions = sessions
@@ -76,6 +77,8 @@ class AuditWriter:
         # Commit on the event loop rather than on a worker thread: for SQLite, whose commit of
         # a batch costs less CPU than the hop to a thread and back (`bench/profile_mint.py`).
         self.inline = inline
+        # SQLite: the batch's statements on a driver connection of their own (`InlineWriter`).
+        self.inline_writer = inline_writer
         # PostgreSQL: commit through the asyncio driver, on the event loop without a thread hop.
         self.async_engine = async_engine
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -118,6 +121,8 @@ class AuditWriter:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        if self.inline_writer is not None:  # reconnects if the writer is used again
+            self.inline_writer.close()
 
     async def _run(self) -> None:
         wake = self._wake
@@ -173,6 +178,14 @@ class AuditWriter:
     def _commit(self, batch: list[_Pending]) -> None:
         """One transaction: the events in one statement, then the side writes."""
         bind = self.sessions.kw.get("bind")
+        if self.inline_writer is not None and isinstance(bind, Engine):
+            events = [pending.event for pending in batch if pending.event is not None]
+            work: list[tuple[Any, list[dict[str, Any]]]] = (
+                [(INSERT_EVENT, events)] if events else []
+            )
+            work += [(p.side.statement, [p.side.params]) for p in batch if p.side is not None]
+            self.inline_writer.run(work)
+            return
         if isinstance(bind, Engine):
             # A connection's own transaction: a session would cost more than the commit.
             with bind.begin() as connection:

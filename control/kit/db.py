@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections import namedtuple
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -293,6 +293,59 @@ class InlineReader:
             self.close()
             raise OperationalError(prebuilt.sql, None, exc) from exc
         return prebuilt.rows(fetched)
+
+    def close(self) -> None:
+        raw, self._raw = self._raw, None
+        if raw is not None:
+            with suppress(Exception):
+                raw.close()
+
+
+class InlineWriter:
+    """SQLite: one transaction of a few statements, each with one or more sets of parameters,
+    run on a driver connection of the engine's (with its pragmas) held by the process, without
+    SQLAlchemy's per-execution machinery, which costs more than the inserts of a group commit
+    (`bench/profile_mint.py`). Each statement is compiled once per set of parameter names, with
+    the bind processors of its columns, so the rows written are those SQLAlchemy would write.
+    Only from one thread at a time (the event loop's); a failure rolls the transaction back,
+    surfaces as SQLAlchemy's `OperationalError`, and the connection is replaced."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._raw: Any = None
+        self._compiled: dict[tuple[int, tuple[str, ...]], tuple[str, tuple[Any, ...]]] = {}
+
+    def run(self, work: Sequence[tuple[Any, Sequence[dict[str, Any]]]]) -> None:
+        """Execute each statement with each of its parameter sets, then commit."""
+        sql = ""
+        try:
+            if self._raw is None:
+                self._raw = self.engine.raw_connection()
+            driver = self._raw.driver_connection
+            for statement, rows in work:
+                sql, binds = self._prebuilt(statement, rows[0])
+                driver.executemany(
+                    sql,
+                    [
+                        [row[name] if p is None else p(row[name]) for name, p in binds]
+                        for row in rows
+                    ],
+                )
+            driver.commit()
+        except sqlite3.Error as exc:
+            self.close()  # closing a connection rolls back what it had not committed
+            raise OperationalError(sql, None, exc) from exc
+
+    def _prebuilt(self, statement: Any, params: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
+        names = tuple(params)
+        prebuilt = self._compiled.get((id(statement), names))
+        if prebuilt is None:
+            compiled = statement.compile(dialect=self.engine.dialect, column_keys=list(names))
+            processors = compiled._bind_processors
+            order = compiled.positiontup or ()
+            prebuilt = (compiled.string, tuple((name, processors.get(name)) for name in order))
+            self._compiled[(id(statement), names)] = prebuilt
+        return prebuilt
 
     def close(self) -> None:
         raw, self._raw = self._raw, None

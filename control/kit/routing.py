@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.routing import BaseRoute, Match
-from starlette.types import Scope
+from starlette.types import Receive, Scope, Send
 
 from control.errors import ERROR_CODES, PROBLEM_MEDIA_TYPE, problem_response
 
@@ -167,18 +167,36 @@ class TableRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def dispatch(request: Request) -> Response:
-            # Read per request: the entry is attached after FastAPI builds the handler.
-            entry = self.entry
-            if entry is not None:
-                if entry.media_endpoints:
-                    endpoint = entry.media_endpoints.get(media_type(request))
-                    if endpoint is not None:
-                        return await endpoint(request)
-                if entry.direct is not None:
-                    return await entry.direct(request, self.read_body)
-            return await handler(request)
+            return await self._serve(request, handler)
 
         return dispatch
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # A direct route's request goes straight to its handler: FastAPI's per-request wrapper
+        # (exit stacks for dependencies it will not solve, and its own pass of the exception
+        # handlers, which the app's exception middleware applies all the same) is skipped.
+        entry = self.entry
+        methods = self.methods or ()
+        if entry is not None and entry.direct is not None and scope["method"] in methods:
+            response = await self._serve(Request(scope, receive, send), None)
+            await response(scope, receive, send)
+            return
+        await super().handle(scope, receive, send)
+
+    async def _serve(
+        self, request: Request, handler: Callable[[Request], Awaitable[Response]] | None
+    ) -> Response:
+        # The entry is read per request: it is attached after FastAPI builds the handler.
+        entry = self.entry
+        if entry is not None:
+            if entry.media_endpoints:
+                endpoint = entry.media_endpoints.get(media_type(request))
+                if endpoint is not None:
+                    return await endpoint(request)
+            if entry.direct is not None:
+                return await entry.direct(request, self.read_body)
+        assert handler is not None, "only a direct route is served without FastAPI's handler"
+        return await handler(request)
 
     async def read_body(self, request: Request) -> ParsedBody:
         """The body as FastAPI's handler reads and validates a route's one model parameter
