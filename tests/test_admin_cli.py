@@ -1,4 +1,5 @@
-"""`control admin bootstrap --org NAME`, run as a real process against a SQLite file."""
+"""`control admin bootstrap --org NAME` against a SQLite file, after `control db upgrade` run as a
+real process (the bootstraps run as `main` in this one, with the same environment)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from control.errors import InvalidRequest
 from control.identity.models import Principal
 from control.identity.service import bootstrap_org
 from control.state import AppState
+from tests.cli import control_in_process
 from tests.conftest import make_settings
 from tests.factories import Api, table_counts
 
@@ -28,7 +30,7 @@ def _secret() -> str:
     return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
 
 
-def test_admin_bootstrap_cli(tmp_path: Path) -> None:
+def test_admin_bootstrap_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     url = f"sqlite:///{tmp_path / 'control.db'}"
     kek, pepper = _secret(), _secret()
     env = {key: value for key, value in os.environ.items() if not key.startswith("CONTROL_")}
@@ -50,24 +52,28 @@ def test_admin_bootstrap_cli(tmp_path: Path) -> None:
             check=False,
         )
 
+    def in_process(*args: str) -> subprocess.CompletedProcess[str]:
+        return control_in_process(monkeypatch, args, env, tmp_path)
+
+    # The first command runs as a real `control` process, the others as `main` in this one.
     upgraded = control("db", "upgrade")
     assert upgraded.returncode == 0, upgraded.stderr
 
-    first = control("admin", "bootstrap", "--org", "acme")
+    first = in_process("admin", "bootstrap", "--org", "acme")
     assert first.returncode == 0, first.stderr
     a = json.loads(first.stdout)
     assert set(a) == {"org_id", "principal_id", "api_key"}
     assert re.fullmatch(r"ctl_[A-Za-z0-9_-]{43,}", a["api_key"])
     assert a["api_key"] not in first.stderr
 
-    second = control("admin", "bootstrap", "--org", "globex")
+    second = in_process("admin", "bootstrap", "--org", "globex")
     assert second.returncode == 0, second.stderr
     b = json.loads(second.stdout)
     assert b["org_id"] != a["org_id"]
     assert b["principal_id"] != a["principal_id"]
     assert b["api_key"] != a["api_key"]
 
-    again = control("admin", "bootstrap", "--org", "acme")
+    again = in_process("admin", "bootstrap", "--org", "acme")
     assert again.returncode != 0
     assert "conflict" in again.stderr
     assert "ctl_" not in again.stdout + again.stderr

@@ -39,6 +39,7 @@ from control.keys.service import KeyRing, KeySnapshot
 from control.kit.db import make_engine, unit_of_work, utcnow
 from control.settings import Settings
 from control.state import AppState
+from tests.cli import control_in_process
 from tests.conftest import KEK, PEPPER, make_settings
 from tests.factories import Api, OrgFixture, bootstrap, database_text, table_counts
 
@@ -692,15 +693,16 @@ def _key_rows(db: Path) -> list[tuple[str, str, bytes]]:
         engine.dispose()
 
 
-def test_cli_keys_rotate(tmp_path: Path) -> None:
+def test_cli_keys_rotate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     db = tmp_path / "control.db"
     env = _cli_env(db, CONTROL_KEY_PUBLISH_LEAD_SECONDS="0")
+    # The first command runs as a real `control` process, the others as `main` in this one.
     assert _control(tmp_path, env, "db", "upgrade").returncode == 0
 
-    first = _control(tmp_path, env, "keys", "rotate")
+    first = control_in_process(monkeypatch, ("keys", "rotate"), env, tmp_path)
     assert first.returncode == 0, first.stderr
     one = json.loads(first.stdout)
-    second = _control(tmp_path, env, "keys", "rotate")
+    second = control_in_process(monkeypatch, ("keys", "rotate"), env, tmp_path)
     assert second.returncode == 0, second.stderr
     two = json.loads(second.stdout)
     assert two["retiring"] == one["active"]
@@ -715,17 +717,22 @@ def test_cli_keys_rotate(tmp_path: Path) -> None:
 
     # With the default lead time the fresh pending key is too new: 409 → exit 1, no change.
     rows = _key_rows(db)
-    early = _control(tmp_path, _cli_env(db), "keys", "rotate")
+    early = control_in_process(monkeypatch, ("keys", "rotate"), _cli_env(db), tmp_path)
     assert early.returncode == 1
     assert "conflict" in early.stderr
     assert _key_rows(db) == rows
 
 
-def test_cli_refuses_a_wrong_key_encryption_key(tmp_path: Path) -> None:
+def test_cli_refuses_a_wrong_key_encryption_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     db = tmp_path / "control.db"
     env = _cli_env(db, CONTROL_KEY_PUBLISH_LEAD_SECONDS="0")
+    # The first command, and `serve`, run as real `control` processes; the others as `main` in
+    # this one. `serve` stays a process: one that did not refuse would serve until the timeout
+    # fails the test (in this process, it would hang the run), and it reconfigures logging.
     assert _control(tmp_path, env, "db", "upgrade").returncode == 0
-    assert _control(tmp_path, env, "keys", "rotate").returncode == 0
+    assert control_in_process(monkeypatch, ("keys", "rotate"), env, tmp_path).returncode == 0
     rows = _key_rows(db)
 
     wrong = {**env, "CONTROL_KEY_ENCRYPTION_KEY": OTHER_KEK}
@@ -734,7 +741,10 @@ def test_cli_refuses_a_wrong_key_encryption_key(tmp_path: Path) -> None:
         ("serve", "--port", "0"),
         ("token", "mint", "--principal", "nobody", "--stream", STREAM),
     ):
-        result = _control(tmp_path, wrong, *args)
+        if args[0] == "serve":
+            result = _control(tmp_path, wrong, *args)
+        else:
+            result = control_in_process(monkeypatch, args, wrong, tmp_path)
         assert result.returncode == 1, (args, result.stdout, result.stderr)
         assert "CONTROL_KEY_ENCRYPTION_KEY" in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr

@@ -8,12 +8,15 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from control.migrate import upgrade
+from tests.cli import control_in_process
 from tests.conftest import KEK, PEPPER
 from tests.factories import Api, OrgFixture
 
@@ -144,7 +147,22 @@ def _cli(
     )
 
 
-def test_the_command_line_exports_and_applies_yaml(tmp_path: Path) -> None:
+@pytest.fixture
+def in_process(monkeypatch: pytest.MonkeyPatch) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """`_cli`, run as `main` in this process (where `_cli`'s subprocess inherits its working
+    directory)."""
+
+    def run(
+        env: dict[str, str], *args: str, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return control_in_process(monkeypatch, args, env, Path.cwd(), stdin)
+
+    return run
+
+
+def test_the_command_line_exports_and_applies_yaml(
+    tmp_path: Path, in_process: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
     url = f"sqlite:///{tmp_path}/control.db"
     upgrade(url)
     env = {
@@ -153,6 +171,7 @@ def test_the_command_line_exports_and_applies_yaml(tmp_path: Path) -> None:
         "CONTROL_KEY_ENCRYPTION_KEY": KEK,
         "CONTROL_CREDENTIAL_PEPPER": PEPPER,
     }
+    # The first command runs as a real `control` process, the others as `main` in this one.
     created = _cli(env, "admin", "bootstrap", "--org", "acme")
     assert created.returncode == 0, created.stderr
     document = {
@@ -178,41 +197,47 @@ def test_the_command_line_exports_and_applies_yaml(tmp_path: Path) -> None:
     path = tmp_path / "policy.yaml"
     path.write_text(yaml.safe_dump(document))
 
-    dry = _cli(env, "policy", "apply", "--org", "acme", "--dry-run", str(path))
+    dry = in_process(env, "policy", "apply", "--org", "acme", "--dry-run", str(path))
     assert dry.returncode == 0, dry.stderr
     assert "create query_set" in " ".join(dry.stdout.split()) and "dry run" in dry.stdout
-    assert "run:r1" not in _cli(env, "policy", "export", "--org", "acme").stdout
+    assert "run:r1" not in in_process(env, "policy", "export", "--org", "acme").stdout
 
-    applied = _cli(env, "policy", "apply", "--org", "acme", str(path))
+    applied = in_process(env, "policy", "apply", "--org", "acme", str(path))
     assert applied.returncode == 0, applied.stderr
-    exported = yaml.safe_load(_cli(env, "policy", "export", "--org", "acme").stdout)
+    exported = yaml.safe_load(in_process(env, "policy", "export", "--org", "acme").stdout)
     assert exported["streams"] == [{"id": "run:r1", "owner_id": None, "labels": {"env": "prod"}}]
     assert exported["grant_rules"][0]["ops"] == ["subscribe"]
-    again = _cli(env, "policy", "apply", "--org", "acme", "-", stdin=json.dumps(exported))
+    again = in_process(env, "policy", "apply", "--org", "acme", "-", stdin=json.dumps(exported))
     assert again.returncode == 0 and "no changes" in again.stdout, again.stdout + again.stderr
 
-    bad = _cli(env, "policy", "apply", "--org", "acme", "-", stdin="grant_rules: [{effect: x}]")
+    bad = in_process(
+        env, "policy", "apply", "--org", "acme", "-", stdin="grant_rules: [{effect: x}]"
+    )
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert bad.stderr.startswith("control: invalid_request: grant_rules.0")
-    missing = _cli(env, "policy", "export", "--org", "nope")
+    missing = in_process(env, "policy", "export", "--org", "nope")
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
 
 
-def test_command_line_errors_are_one_line(tmp_path: Path) -> None:
+def test_command_line_errors_are_one_line(
+    tmp_path: Path, in_process: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
     env = {
         **os.environ,
         "CONTROL_DATABASE_URL": f"sqlite:///{tmp_path}/empty.db",
         "CONTROL_KEY_ENCRYPTION_KEY": KEK,
         "CONTROL_CREDENTIAL_PEPPER": PEPPER,
     }
+    # The first command runs as a real `control` process, the others as `main` in this one.
     unmigrated = _cli(env, "admin", "bootstrap", "--org", "acme")
     assert unmigrated.returncode == 1
     assert unmigrated.stderr.strip().splitlines() == [
         "control: the database has no schema yet (or an old one): run `control db upgrade`"
     ]
     upgrade(env["CONTROL_DATABASE_URL"])
-    admin = json.loads(_cli(env, "admin", "bootstrap", "--org", "acme").stdout)["principal_id"]
-    bad_stream = _cli(env, "token", "mint", "--principal", admin, "--stream", "bad id")
+    created = in_process(env, "admin", "bootstrap", "--org", "acme")
+    admin = json.loads(created.stdout)["principal_id"]
+    bad_stream = in_process(env, "token", "mint", "--principal", admin, "--stream", "bad id")
     assert bad_stream.returncode == 1, bad_stream.stderr
     assert "Traceback" not in bad_stream.stderr
     lines = bad_stream.stderr.strip().splitlines()
