@@ -17,18 +17,21 @@ from control.api import revocations as revocations_api
 from control.audit.models import AuditEvent
 from control.audit.schemas import AuditEventOut
 from control.console.web import (
+    FRESH,
     Console,
     Form,
+    FormState,
     body_of,
     console_for,
     console_page,
     field_errors,
+    invalid_field,
+    posted,
     query,
-    see_other,
     status_of,
     unique,
 )
-from control.errors import InvalidRequest, ProblemError
+from control.errors import ProblemError
 from control.federation.schemas import TrustedIssuerBody, UpstreamAlg
 from control.identity.models import Credential
 from control.identity.schemas import CredentialCreate, PrincipalCreate, PrincipalUpdate
@@ -68,22 +71,10 @@ REASONS = {
     "denied_by_rule": "a deny rule takes it away",
     "kind_wide_not_permitted": "a kind-wide grant needs an org-wide allow rule and no deny rule",
 }
-DONE = {
-    "created": "Created.",
-    "updated": "Saved.",
-    "revoked": "Revoked.",
-    "deleted": "Deleted.",
-    "registered": "Registered.",
-    "rotated": "Rotated: the pending key signs now.",
-}
 
 
 def _page(cursor: str | None, limit: int = PAGE_SIZE) -> PageRequest:
     return PageRequest(limit=limit, after=decode_cursor(cursor) if cursor else None)
-
-
-def _done(request: Request) -> str | None:
-    return DONE.get(request.query_params.get("done", ""))
 
 
 def _principal_names(view: OrgView) -> dict[str, str]:
@@ -99,24 +90,16 @@ def _roles_of(form: Form) -> list[str]:
 
 
 async def _principals(
-    console: Console,
-    cursor: str | None = None,
-    *,
-    errors: dict[str, str] | None = None,
-    values: dict[str, list[str]] | None = None,
-    status: int = 200,
+    console: Console, cursor: str | None = None, shown: FormState = FRESH
 ) -> Response:
     page = await console.read(lambda view: identity_api.list_principals(view, _page(cursor)))
-    return console.page(
+    return console.form_page(
         "principals.html",
-        status=status,
+        shown,
         title="Principals",
         page=page,
-        errors=errors or {},
-        values=values or {},
         kinds=KINDS,
         builtin_roles=BUILTIN_ROLES,
-        done=_done(console.request),
     )
 
 
@@ -128,45 +111,35 @@ async def principals_page(request: Request) -> Response:
 
 @console_page
 async def create_principal(request: Request) -> Response:
-    console = await console_for(request)
-    form = await console.form()
+    console, form = await posted(request)
     roles = _roles_of(form)
     try:
         body = body_of(
             PrincipalCreate,
             {"kind": form.text("kind"), "name": form.text("name"), "roles": roles or None},
         )
-        created = await console.run(
-            lambda view: identity_api.create_principal(body, view.session, console.caller)
+        return await console.save(
+            form,
+            lambda view: identity_api.create_principal(body, view.session, console.caller),
+            done=lambda created: f"/console/principals/{created.id}?done=created",
         )
     except ProblemError as problem:
-        return await _principals(
-            console, errors=field_errors(problem), values=form.values(), status=status_of(problem)
-        )
-    return see_other(f"/console/principals/{created.id}?done=created")
+        return await _principals(console, shown=FormState.failed(problem, form))
 
 
-async def _principal(
-    console: Console,
-    principal_id: str,
-    *,
-    errors: dict[str, str] | None = None,
-    status: int = 200,
-) -> Response:
+async def _principal(console: Console, principal_id: str, shown: FormState = FRESH) -> Response:
     def read(view: OrgView) -> tuple[Any, Any]:
         principal = identity_api.get_principal(principal_id, view)
         return principal, identity_api.list_credentials(principal_id, view, _page(None, MAX_LIMIT))
 
     principal, credentials = await console.read(read)
-    return console.page(
+    return console.form_page(
         "principal.html",
-        status=status,
+        shown,
         title=f"Principal {principal.name}",
         principal=principal,
         credentials=credentials.items,
         builtin_roles=BUILTIN_ROLES,
-        errors=errors or {},
-        done=_done(console.request),
         now=utcnow(),
     )
 
@@ -179,71 +152,59 @@ async def principal_page(request: Request, principal_id: str) -> Response:
 
 @console_page
 async def update_principal(request: Request, principal_id: str) -> Response:
-    console = await console_for(request)
-    form = await console.form()
+    console, form = await posted(request)
     back = f"/console/principals/{principal_id}"
     try:
         body = body_of(
             PrincipalUpdate, {"roles": _roles_of(form), "disabled": form.get("disabled") == "yes"}
         )
-
-        def work(view: OrgView) -> Any:
-            return identity_api.update_principal(principal_id, body, view, console.caller)
-
-        confirm = await console.confirmation(
-            form, work, what=f"Change the roles or state of principal {principal_id}", back=back
+        return await console.save(
+            form,
+            lambda view: identity_api.update_principal(principal_id, body, view, console.caller),
+            what=f"Change the roles or state of principal {principal_id}",
+            back=back,
+            done=f"{back}?done=updated",
         )
-        if confirm is not None:
-            return confirm
-        await console.run(work)
     except ProblemError as problem:
-        return await _principal(
-            console, principal_id, errors=field_errors(problem), status=status_of(problem)
-        )
-    return see_other(f"{back}?done=updated")
+        return await _principal(console, principal_id, FormState.failed(problem))
 
 
 @console_page
 async def delete_principal(request: Request, principal_id: str) -> Response:
-    console = await console_for(request)
-    form = await console.form()
-    back = f"/console/principals/{principal_id}"
+    console, form = await posted(request)
     name = (await console.read(lambda view: identity_api.get_principal(principal_id, view))).name
-
-    def work(view: OrgView) -> Any:
-        return identity_api.delete_principal(principal_id, view, console.caller)
-
     try:
-        return await console.confirmed(
+        return await console.save(
             form,
-            work,
+            lambda view: identity_api.delete_principal(principal_id, view, console.caller),
             what=f"Delete principal {name} ({principal_id}) and its API keys",
-            back=back,
+            always=True,
+            back=f"/console/principals/{principal_id}",
             done="/console/principals?done=deleted",
         )
     except ProblemError as problem:
-        return await _principal(
-            console, principal_id, errors=field_errors(problem), status=status_of(problem)
-        )
+        return await _principal(console, principal_id, FormState.failed(problem))
+
+
+def _utc(text: str) -> datetime | None:
+    """A date and time typed into a form, None when blank; UTC unless it names its zone (a
+    `datetime-local` field names none). ValueError when it is no date and time."""
+    if not text:
+        return None
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _expiry(text: str) -> datetime | None:
-    if not text:
-        return None
     try:
-        value = datetime.fromisoformat(text)
+        return _utc(text)
     except ValueError:
-        raise InvalidRequest(
-            "invalid expires_at",
-            errors=[{"loc": ["body", "expires_at"], "message": "a date and time, in UTC"}],
-        ) from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+        raise invalid_field("expires_at", "a date and time, in UTC") from None
 
 
 @console_page
 async def issue_credential(request: Request, principal_id: str) -> Response:
-    console = await console_for(request)
-    form = await console.form()
+    console, form = await posted(request)
     try:
         body = body_of(
             CredentialCreate,
@@ -255,10 +216,8 @@ async def issue_credential(request: Request, principal_id: str) -> Response:
             )
         )
     except ProblemError as problem:
-        renamed = {"name": "credential_name"}
-        return await _principal(
-            console, principal_id, errors=field_errors(problem, renamed), status=status_of(problem)
-        )
+        renamed = field_errors(problem, {"name": "credential_name"})
+        return await _principal(console, principal_id, FormState.failed(problem, errors=renamed))
     return console.page(
         "key.html", title="API key issued", issued=issued, principal_id=principal_id
     )
@@ -266,8 +225,7 @@ async def issue_credential(request: Request, principal_id: str) -> Response:
 
 @console_page
 async def revoke_credential(request: Request, credential_id: str) -> Response:
-    console = await console_for(request)
-    form = await console.form()
+    console, form = await posted(request)
 
     def read(view: OrgView) -> tuple[str, str]:
         credential = view.get(Credential, credential_id, "credential")
@@ -275,14 +233,11 @@ async def revoke_credential(request: Request, credential_id: str) -> Response:
 
     principal_id, prefix = await console.read(read)
     back = f"/console/principals/{principal_id}"
-
-    def work(view: OrgView) -> Any:
-        return identity_api.revoke_credential(credential_id, view, console.caller)
-
-    return await console.confirmed(
+    return await console.save(
         form,
-        work,
+        lambda view: identity_api.revoke_credential(credential_id, view, console.caller),
         what=f"Revoke API key {prefix}… ({credential_id})",
+        always=True,
         back=back,
         done=f"{back}?done=revoked",
     )
@@ -292,27 +247,13 @@ async def revoke_credential(request: Request, credential_id: str) -> Response:
 
 
 async def _streams(
-    console: Console,
-    cursor: str | None = None,
-    *,
-    errors: dict[str, str] | None = None,
-    values: dict[str, list[str]] | None = None,
-    status: int = 200,
+    console: Console, cursor: str | None = None, shown: FormState = FRESH
 ) -> Response:
     def read(view: OrgView) -> tuple[Any, dict[str, str]]:
         return policy_api.list_streams(view, _page(cursor)), _principal_names(view)
 
     page, names = await console.read(read)
-    return console.page(
-        "streams.html",
-        status=status,
-        title="Streams",
-        page=page,
-        names=names,
-        errors=errors or {},
-        values=values or {},
-        done=_done(console.request),
-    )
+    return console.form_page("streams.html", shown, title="Streams", page=page, names=names)
 
 
 @console_page
@@ -323,39 +264,36 @@ async def streams_page(request: Request) -> Response:
 
 @console_page
 async def register_stream(request: Request) -> Response:
-    console = await console_for(request)
-    form = await console.form()
+    console, form = await posted(request)
     data: dict[str, Any] = {"id": form.text("id")}
     if form.text("owner_id"):
         data["owner_id"] = form.text("owner_id")
     try:
         body = body_of(StreamCreate, data)
-        await console.run(lambda view: policy_api.register_stream(body, view, console.caller))
-    except ProblemError as problem:
-        return await _streams(
-            console, errors=field_errors(problem), values=form.values(), status=status_of(problem)
+        return await console.save(
+            form,
+            lambda view: policy_api.register_stream(body, view, console.caller),
+            done="/console/streams?done=registered",
         )
-    return see_other("/console/streams?done=registered")
+    except ProblemError as problem:
+        return await _streams(console, shown=FormState.failed(problem, form))
 
 
 @console_page
 async def delete_stream(request: Request, stream_id: str) -> Response:
-    console = await console_for(request)
-    form = await console.form()
-
-    def work(view: OrgView) -> Any:
-        return policy_api.delete_stream(stream_id, view, console.caller)
-
-    return await console.confirmed(
+    console, form = await posted(request)
+    return await console.save(
         form,
-        work,
+        lambda view: policy_api.delete_stream(stream_id, view, console.caller),
         what=f"Delete stream {stream_id}, ending every grant on it",
+        always=True,
         back="/console/streams",
         done="/console/streams?done=deleted",
     )
 
 
-QS_FIELDS = ("name", "stream_kinds", "queries", "description")
+QS_CONTENT = ("stream_kinds", "queries", "description")
+QS_FIELDS = ("name", *QS_CONTENT)
 
 
 def catalog_prefill(name: str, entry: Entry) -> str:
@@ -380,35 +318,30 @@ def _catalog_offers(console: Console, defined: set[str]) -> list[tuple[str, Entr
     return offers
 
 
+def _prefilled(request: Request, fields: tuple[str, ...]) -> dict[str, list[str]]:
+    """The query-set form's fields as a catalog link (`catalog_prefill`) fills them."""
+    return {key: [value] for key, value in request.query_params.items() if key in fields}
+
+
 async def _query_sets(
-    console: Console,
-    cursor: str | None = None,
-    *,
-    errors: dict[str, str] | None = None,
-    values: dict[str, list[str]] | None = None,
-    status: int = 200,
+    console: Console, cursor: str | None = None, shown: FormState = FRESH
 ) -> Response:
     def read(view: OrgView) -> tuple[Any, set[str]]:
         every = policy_api.list_query_sets(view, _page(None, MAX_LIMIT))
         return policy_api.list_query_sets(view, _page(cursor)), {q.name for q in every.items}
 
     page, defined = await console.read(read)
-    prefill = values or {
-        key: [value] for key, value in console.request.query_params.items() if key in QS_FIELDS
-    }
     catalog = catalog_for(console.state.settings)
-    return console.page(
+    return console.form_page(
         "query_sets.html",
+        shown,
+        _prefilled(console.request, QS_FIELDS),
         catalog=catalog,
         catalog_entries=_catalog_offers(console, defined),
         # Per defined query set: the versions the catalog serves of it.
         served={q.name: catalog.versions(q.name) for q in page.items},
-        status=status,
         title="Query sets",
         page=page,
-        errors=errors or {},
-        values=prefill,
-        done=_done(console.request),
     )
 
 
@@ -428,45 +361,32 @@ def _query_set_data(form: Form) -> dict[str, Any]:
 
 @console_page
 async def create_query_set(request: Request) -> Response:
-    console = await console_for(request)
-    form = await console.form()
+    console, form = await posted(request)
     try:
         body = body_of(QuerySetCreate, {"name": form.text("name"), **_query_set_data(form)})
-        await console.run(
-            lambda view: policy_api.create_query_set(body, view, console.caller, console.state)
+        return await console.save(
+            form,
+            lambda view: policy_api.create_query_set(body, view, console.caller, console.state),
+            done=f"/console/query-sets/{body.name}?done=created",
         )
     except ProblemError as problem:
-        return await _query_sets(
-            console, errors=field_errors(problem), values=form.values(), status=status_of(problem)
-        )
-    return see_other(f"/console/query-sets/{body.name}?done=created")
+        return await _query_sets(console, shown=FormState.failed(problem, form))
 
 
-async def _query_set(
-    console: Console,
-    name: str,
-    *,
-    errors: dict[str, str] | None = None,
-    values: dict[str, list[str]] | None = None,
-    status: int = 200,
-) -> Response:
+async def _query_set(console: Console, name: str, shown: FormState = FRESH) -> Response:
     row = await console.read(lambda view: policy_api.get_query_set(name, view))
     catalog = catalog_for(console.state.settings)
     # A replacement is the next version: what the catalog serves at that version.
     upcoming = catalog.entry(row.name, row.version + 1)
-    from_catalog = {
-        key: [value]
-        for key, value in console.request.query_params.items()
-        if key in QS_FIELDS and key != "name"
-    }
     current = {
         "stream_kinds": [", ".join(row.stream_kinds)],
         "queries": ["\n".join(row.queries)],
         "description": [row.description or ""],
     }
-    return console.page(
+    return console.form_page(
         "query_set.html",
-        status=status,
+        shown,
+        _prefilled(console.request, QS_CONTENT) or current,
         title=f"Query set {row.name}",
         qs=row,
         catalog=catalog,
@@ -475,9 +395,6 @@ async def _query_set(
         next_version=row.version + 1,
         upcoming=upcoming,
         upcoming_prefill=catalog_prefill(row.name, upcoming) if upcoming else None,
-        errors=errors or {},
-        values=values or from_catalog or current,
-        done=_done(console.request),
     )
 
 
@@ -491,58 +408,40 @@ async def query_set_page(request: Request, name: str) -> Response:
 async def update_query_set(request: Request, name: str) -> Response:
     """Replace a query set's content (its next version), confirming first when that revokes
     the tokens of those granted it."""
-    console = await console_for(request)
-    form = await console.form()
+    console, form = await posted(request)
     back = f"/console/query-sets/{name}"
     row = await console.read(lambda view: policy_api.get_query_set(name, view))
     try:
         body = body_of(QuerySetUpdate, _query_set_data(form))
-
-        def work(view: OrgView) -> Any:
-            return policy_api.update_query_set(name, body, view, console.caller, console.state)
-
-        confirm = await console.confirmation(
+        return await console.save(
             form,
-            work,
+            lambda view: policy_api.update_query_set(
+                name, body, view, console.caller, console.state
+            ),
             what=f"Replace query set {row.ref} with {row.name}@{row.version + 1}",
             back=back,
+            done=f"{back}?done=updated",
         )
-        if confirm is not None:
-            return confirm
-        await console.run(work)
     except ProblemError as problem:
-        return await _query_set(
-            console,
-            name,
-            errors=field_errors(problem),
-            values=form.values(),
-            status=status_of(problem),
-        )
-    return see_other(f"{back}?done=updated")
+        return await _query_set(console, name, FormState.failed(problem, form))
 
 
 @console_page
 async def delete_query_set(request: Request, name: str) -> Response:
-    console = await console_for(request)
-    form = await console.form()
+    console, form = await posted(request)
     back = f"/console/query-sets/{name}"
     row = await console.read(lambda view: policy_api.get_query_set(name, view))
-
-    def work(view: OrgView) -> Any:
-        return policy_api.delete_query_set(name, view, console.caller)
-
     try:
-        return await console.confirmed(
+        return await console.save(
             form,
-            work,
+            lambda view: policy_api.delete_query_set(name, view, console.caller),
             what=f"Delete query set {row.ref}",
+            always=True,
             back=back,
             done="/console/query-sets?done=deleted",
         )
     except ProblemError as problem:
-        return await _query_set(
-            console, name, errors=field_errors(problem), status=status_of(problem)
-        )
+        return await _query_set(console, name, FormState.failed(problem))
 
 
 # --- grant rules --------------------------------------------------------------------------
@@ -554,6 +453,9 @@ RULE_FIELDS = {
     "subjects": "rule_subjects",
     "streams": "rule_streams",
 }
+# The rule form's choices whatever the org holds, and a new rule's first values.
+RULE_CHOICES = {"kinds": KINDS, "ops": OPS, "relations": RELATIONS}
+NEW_RULE = {"effect": ["allow"], "streams_relation": ["owner"], "rule_ops": ["subscribe"]}
 
 
 def rule_data(form: Form) -> dict[str, Any]:
@@ -614,37 +516,27 @@ def describe_rule(rule: GrantRuleOut | GrantRuleCreate, names: dict[str, str]) -
     return f"Takes {taken} away from {who} on {where}."
 
 
-async def _rules(
-    console: Console,
-    cursor: str | None = None,
-    *,
-    errors: dict[str, str] | None = None,
-    values: dict[str, list[str]] | None = None,
-    status: int = 200,
-) -> Response:
-    def read(view: OrgView) -> tuple[Any, dict[str, str], Any]:
-        return (
-            policy_api.list_rules(view, _page(cursor)),
-            _principal_names(view),
-            policy_api.list_query_sets(view, _page(None, MAX_LIMIT)),
-        )
+def _rule_options(view: OrgView) -> tuple[dict[str, str], list[Any]]:
+    """What the rule form offers to pick from the org: its principals by name, its query sets."""
+    names = _principal_names(view)
+    return names, policy_api.list_query_sets(view, _page(None, MAX_LIMIT)).items
 
-    page, names, query_sets = await console.read(read)
-    return console.page(
+
+async def _rules(console: Console, cursor: str | None = None, shown: FormState = FRESH) -> Response:
+    def read(view: OrgView) -> tuple[Any, tuple[dict[str, str], list[Any]]]:
+        return policy_api.list_rules(view, _page(cursor)), _rule_options(view)
+
+    page, (names, query_sets) = await console.read(read)
+    return console.form_page(
         "rules.html",
-        status=status,
+        shown,
+        NEW_RULE,
         title="Grant rules",
         page=page,
         names=names,
         describe=describe_rule,
-        query_sets=query_sets.items,
-        errors=errors or {},
-        values=values
-        or {"effect": ["allow"], "streams_relation": ["owner"], "rule_ops": ["subscribe"]},
-        kinds=KINDS,
-        ops=OPS,
-        relations=RELATIONS,
-        done=_done(console.request),
+        query_sets=query_sets,
+        **RULE_CHOICES,
     )
 
 
@@ -656,36 +548,26 @@ async def rules_page(request: Request) -> Response:
 
 @console_page
 async def create_rule(request: Request) -> Response:
-    console = await console_for(request)
-    form = await console.form()
+    console, form = await posted(request)
     try:
         body = body_of(GrantRuleCreate, rule_data(form))
-
-        def work(view: OrgView) -> Any:
-            return policy_api.create_rule(body, view, console.caller)
-
-        confirm = await console.confirmation(
-            form, work, what="Add this grant rule", back="/console/rules"
+        return await console.save(
+            form,
+            lambda view: policy_api.create_rule(body, view, console.caller),
+            what="Add this grant rule",
+            back="/console/rules",
+            done=lambda rule: f"/console/rules?done=created#{rule.id}",
         )
-        if confirm is not None:
-            return confirm
-        rule = await console.run(work)
     except ProblemError as problem:
-        return await _rules(
-            console,
-            errors=field_errors(problem, RULE_FIELDS),
-            values=form.values(),
-            status=status_of(problem),
-        )
-    return see_other(f"/console/rules?done=created#{rule.id}")
+        errors = field_errors(problem, RULE_FIELDS)
+        return await _rules(console, shown=FormState.failed(problem, form, errors))
 
 
 @console_page
 async def check_rule(request: Request) -> Response:
     """The rule form's live check (htmx): the same validation saving runs, by saving it in a
     rolled-back transaction, and what it would allow and revoke."""
-    console = await console_for(request)
-    form = await console.form()
+    console, form = await posted(request)
     errors: dict[str, str] = {}
     sentence = None
     revoked: list[tuple[str, str]] = []
@@ -739,36 +621,21 @@ def rule_values(rule: GrantRuleOut) -> dict[str, list[str]]:
     }
 
 
-async def _rule(
-    console: Console,
-    rule_id: str,
-    *,
-    errors: dict[str, str] | None = None,
-    values: dict[str, list[str]] | None = None,
-    status: int = 200,
-) -> Response:
-    def read(view: OrgView) -> tuple[GrantRuleOut, dict[str, str], Any]:
-        return (
-            policy_api.get_rule(rule_id, view),
-            _principal_names(view),
-            policy_api.list_query_sets(view, _page(None, MAX_LIMIT)),
-        )
+async def _rule(console: Console, rule_id: str, shown: FormState = FRESH) -> Response:
+    def read(view: OrgView) -> tuple[GrantRuleOut, tuple[dict[str, str], list[Any]]]:
+        return policy_api.get_rule(rule_id, view), _rule_options(view)
 
-    rule, names, query_sets = await console.read(read)
-    return console.page(
+    rule, (names, query_sets) = await console.read(read)
+    return console.form_page(
         "rule.html",
-        status=status,
+        shown,
+        rule_values(rule),
         title="Grant rule",
         rule=rule,
         sentence=describe_rule(rule, names),
         names=names,
-        query_sets=query_sets.items,
-        errors=errors or {},
-        values=values or rule_values(rule),
-        kinds=KINDS,
-        ops=OPS,
-        relations=RELATIONS,
-        done=_done(console.request),
+        query_sets=query_sets,
+        **RULE_CHOICES,
     )
 
 
@@ -782,8 +649,7 @@ async def rule_page(request: Request, rule_id: str) -> Response:
 async def update_rule(request: Request, rule_id: str) -> Response:
     """Replace a rule, after a page saying what it allowed, what it will allow, and whose
     tokens saving the change revokes."""
-    console = await console_for(request)
-    form = await console.form()
+    console, form = await posted(request)
     back = f"/console/rules/{rule_id}"
 
     def read(view: OrgView) -> str:
@@ -797,40 +663,28 @@ async def update_rule(request: Request, rule_id: str) -> Response:
             policy_api.update_rule(rule_id, body, view, console.caller)
             return _principal_names(view)
 
-        confirm = await console.confirmation(
+        return await console.save(
             form,
             work,
             what=f"Change grant rule {rule_id}",
             always=True,
             back=back,
             details=lambda names: [f"Now: {before}", f"After: {describe_rule(body, names)}"],
+            done=f"{back}?done=updated",
         )
-        if confirm is not None:
-            return confirm
-        await console.run(work)
     except ProblemError as problem:
-        return await _rule(
-            console,
-            rule_id,
-            errors=field_errors(problem, RULE_FIELDS),
-            values=form.values(),
-            status=status_of(problem),
-        )
-    return see_other(f"{back}?done=updated")
+        errors = field_errors(problem, RULE_FIELDS)
+        return await _rule(console, rule_id, FormState.failed(problem, form, errors))
 
 
 @console_page
 async def delete_rule(request: Request, rule_id: str) -> Response:
-    console = await console_for(request)
-    form = await console.form()
-
-    def work(view: OrgView) -> Any:
-        return policy_api.delete_rule(rule_id, view, console.caller)
-
-    return await console.confirmed(
+    console, form = await posted(request)
+    return await console.save(
         form,
-        work,
+        lambda view: policy_api.delete_rule(rule_id, view, console.caller),
         what=f"Delete grant rule {rule_id}",
+        always=True,
         back="/console/rules",
         done="/console/rules?done=deleted",
     )
@@ -896,8 +750,7 @@ async def explain_page(request: Request) -> Response:
         title="Explain",
         names=names,
         query_sets=query_sets.items,
-        values=form.values()
-        or {"effect": ["allow"], "streams_relation": ["owner"], "rule_ops": ["subscribe"]},
+        values=form.values() or NEW_RULE,
         errors=errors,
         now=now,
         after=after,
@@ -905,10 +758,8 @@ async def explain_page(request: Request) -> Response:
         revoked=revoked,
         proposing=proposing,
         rule_text=rule_text,
+        **RULE_CHOICES,
         reasons=REASONS,
-        kinds=KINDS,
-        ops=OPS,
-        relations=RELATIONS,
         save_fields=[(k, v) for k, v in form.pairs if k not in EXPLAIN_ONLY],
     )
 
@@ -920,12 +771,7 @@ EXPLAIN_ONLY = ("principal_id", "streams", "query_sets", "ops", "propose")
 
 
 async def _revocations(
-    console: Console,
-    before: str | None = None,
-    *,
-    errors: dict[str, str] | None = None,
-    values: dict[str, list[str]] | None = None,
-    status: int = 200,
+    console: Console, before: str | None = None, shown: FormState = FRESH
 ) -> Response:
     # The API's feed is oldest first for runtime caches; people want the newest first.
     older_than = int(before) if before and before.isdigit() and len(before) <= 18 else None
@@ -940,15 +786,12 @@ async def _revocations(
     rows = await console.read(read)
     more = len(rows) > PAGE_SIZE
     rows = rows[:PAGE_SIZE]
-    return console.page(
+    return console.form_page(
         "revocations.html",
-        status=status,
+        shown,
         title="Revocations",
         rows=rows,
         older=rows[-1][0].cursor if more and rows else None,
-        errors=errors or {},
-        values=values or {},
-        done=_done(console.request),
     )
 
 
@@ -960,8 +803,7 @@ async def revocations_page(request: Request) -> Response:
 
 @console_page
 async def create_revocation(request: Request) -> Response:
-    console = await console_for(request)
-    form = await console.form()
+    console, form = await posted(request)
     try:
         body = body_of(
             RevocationCreate,
@@ -971,41 +813,29 @@ async def create_revocation(request: Request) -> Response:
                 "reason": form.text("reason") or None,
             },
         )
-
-        def work(view: OrgView) -> Any:
-            return revocations_api.create_revocation(body, view, console.caller)
-
-        return await console.confirmed(
+        return await console.save(
             form,
-            work,
+            lambda view: revocations_api.create_revocation(body, view, console.caller),
             what=f"Revoke {body.kind} {body.value}",
+            always=True,
             back="/console/revocations",
             done="/console/revocations?done=revoked",
         )
     except ProblemError as problem:
-        return await _revocations(
-            console, errors=field_errors(problem), values=form.values(), status=status_of(problem)
-        )
+        return await _revocations(console, shown=FormState.failed(problem, form))
 
 
 async def _issuers(
-    console: Console,
-    cursor: str | None = None,
-    *,
-    errors: dict[str, str] | None = None,
-    values: dict[str, list[str]] | None = None,
-    status: int = 200,
+    console: Console, cursor: str | None = None, shown: FormState = FRESH
 ) -> Response:
     page = await console.read(lambda view: federation_api.list_trusted_issuers(view, _page(cursor)))
-    return console.page(
+    return console.form_page(
         "issuers.html",
-        status=status,
+        shown,
+        {"default_roles": ["member"]},
         title="Trusted issuers",
         page=page,
         algorithms=ALGORITHMS,
-        errors=errors or {},
-        values=values or {"default_roles": ["member"]},
-        done=_done(console.request),
     )
 
 
@@ -1030,15 +860,7 @@ def _role_map(form: Form) -> dict[str, list[str]]:
     for number, line in enumerate(form.lines("role_map"), start=1):
         value, equals, roles = line.rpartition("=")
         if not equals or not value.strip():
-            raise InvalidRequest(
-                "invalid role_map",
-                errors=[
-                    {
-                        "loc": ["body", "role_map"],
-                        "message": f"line {number}: write `claim value = role, role`",
-                    }
-                ],
-            )
+            raise invalid_field("role_map", f"line {number}: write `claim value = role, role`")
         mapped.setdefault(value.strip(), []).extend(
             role for role in roles.replace(",", " ").split() if role
         )
@@ -1071,33 +893,22 @@ def _issuer_errors(problem: ProblemError) -> dict[str, str]:
 
 @console_page
 async def create_issuer(request: Request) -> Response:
-    console = await console_for(request)
-    form = await console.form()
+    console, form = await posted(request)
     try:
         body = body_of(TrustedIssuerBody, issuer_data(form))
-        await console.run(
+        return await console.save(
+            form,
             lambda view: federation_api.create_trusted_issuer(
                 body, console.state, view, console.caller
-            )
+            ),
+            done="/console/trusted-issuers?done=created",
         )
     except ProblemError as problem:
-        return await _issuers(
-            console,
-            errors=_issuer_errors(problem),
-            values=form.values(),
-            status=status_of(problem),
-        )
-    return see_other("/console/trusted-issuers?done=created")
+        errors = _issuer_errors(problem)
+        return await _issuers(console, shown=FormState.failed(problem, form, errors))
 
 
-async def _issuer(
-    console: Console,
-    issuer_id: str,
-    *,
-    errors: dict[str, str] | None = None,
-    values: dict[str, list[str]] | None = None,
-    status: int = 200,
-) -> Response:
+async def _issuer(console: Console, issuer_id: str, shown: FormState = FRESH) -> Response:
     row = await console.read(lambda view: federation_api.get_trusted_issuer(issuer_id, view))
     current = {
         "issuer": [row.issuer],
@@ -1107,16 +918,14 @@ async def _issuer(
         "role_map": [role_map_text(row.role_map)],
         "algorithms": list(row.algorithms),
     }
-    return console.page(
+    return console.form_page(
         "issuer.html",
-        status=status,
+        shown,
+        current,
         title="Trusted issuer",
         issuer=row,
         role_map=role_map_text(row.role_map),
         algorithms=ALGORITHMS,
-        errors=errors or {},
-        values=values or current,
-        done=_done(console.request),
     )
 
 
@@ -1130,51 +939,34 @@ async def issuer_page(request: Request, issuer_id: str) -> Response:
 async def update_issuer(request: Request, issuer_id: str) -> Response:
     """Replace a trusted issuer's settings; pointing it at another issuer URL ends its
     principals' links and tokens, which a page names before anything changes."""
-    console = await console_for(request)
-    form = await console.form()
+    console, form = await posted(request)
     back = f"/console/trusted-issuers/{issuer_id}"
     row = await console.read(lambda view: federation_api.get_trusted_issuer(issuer_id, view))
     try:
         body = body_of(TrustedIssuerBody, issuer_data(form))
-
-        def work(view: OrgView) -> Any:
-            return federation_api.update_trusted_issuer(
-                issuer_id, body, console.state, view, console.caller
-            )
-
-        confirm = await console.confirmation(
+        return await console.save(
             form,
-            work,
+            lambda view: federation_api.update_trusted_issuer(
+                issuer_id, body, console.state, view, console.caller
+            ),
             what=f"Change trusted issuer {row.issuer}",
             back=back,
             details=[f"Its issuer URL becomes {body.issuer}"] if body.issuer != row.issuer else [],
+            done=f"{back}?done=updated",
         )
-        if confirm is not None:
-            return confirm
-        await console.run(work)
     except ProblemError as problem:
-        return await _issuer(
-            console,
-            issuer_id,
-            errors=_issuer_errors(problem),
-            values=form.values(),
-            status=status_of(problem),
-        )
-    return see_other(f"{back}?done=updated")
+        errors = _issuer_errors(problem)
+        return await _issuer(console, issuer_id, FormState.failed(problem, form, errors))
 
 
 @console_page
 async def delete_issuer(request: Request, issuer_id: str) -> Response:
-    console = await console_for(request)
-    form = await console.form()
-
-    def work(view: OrgView) -> Any:
-        return federation_api.delete_trusted_issuer(issuer_id, view, console.caller)
-
-    return await console.confirmed(
+    console, form = await posted(request)
+    return await console.save(
         form,
-        work,
+        lambda view: federation_api.delete_trusted_issuer(issuer_id, view, console.caller),
         what=f"Stop trusting issuer {issuer_id}",
+        always=True,
         back="/console/trusted-issuers",
         done="/console/trusted-issuers?done=deleted",
     )
@@ -1190,20 +982,16 @@ def age(since: datetime | None, now: datetime) -> str:
     return f"{seconds} s"
 
 
-async def _keys(
-    console: Console, *, errors: dict[str, str] | None = None, status: int = 200
-) -> Response:
+async def _keys(console: Console, shown: FormState = FRESH) -> Response:
     keys = await console.read(lambda view: keys_api.list_keys(view.session))
-    return console.page(
+    return console.form_page(
         "keys.html",
-        status=status,
+        shown,
         title="Signing keys",
         keys=keys.items,
         now=utcnow(),
         age=age,
         lead=console.state.settings.key_publish_lead_seconds,
-        errors=errors or {},
-        done=_done(console.request),
     )
 
 
@@ -1220,8 +1008,7 @@ def _by_state(keys: Any, state: str) -> str:
 @console_page
 async def rotate_keys(request: Request) -> Response:
     """Rotate the signing keys now (operators), after a page saying which key will sign."""
-    console = await console_for(request)
-    form = await console.form()
+    console, form = await posted(request)
     if form.get("confirm") != "yes":
         keys = await console.read(lambda view: keys_api.list_keys(view.session))
         pending = next((key for key in keys.items if key.state == "pending"), None)
@@ -1248,29 +1035,25 @@ async def rotate_keys(request: Request) -> Response:
             "verifiers may not have fetched it yet.",
         )
 
-    def rotate(view: OrgView) -> Any:
-        return keys_api.rotate_keys(view.session, console.state, console.caller)
-
     try:
-        await console.run(rotate)
+        return await console.save(
+            form,
+            lambda view: keys_api.rotate_keys(view.session, console.state, console.caller),
+            done="/console/keys?done=rotated",
+        )
     except ProblemError as problem:
-        return await _keys(console, errors=field_errors(problem), status=status_of(problem))
-    return see_other("/console/keys?done=rotated")
+        return await _keys(console, FormState.failed(problem))
 
 
 # --- the audit log ------------------------------------------------------------------------
 
 
 def _moment(form: Form, name: str, errors: dict[str, str]) -> datetime | None:
-    text = form.text(name)
-    if not text:
-        return None
     try:
-        value = datetime.fromisoformat(text)
+        return _utc(form.text(name))
     except ValueError:
         errors[name] = "a date and time, in UTC (2026-05-04T09:12)"
         return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @console_page

@@ -1,5 +1,6 @@
 """What every console page shares: its session and caller, forms and their tokens, units of
-work, previews of what a change revokes, and rendering."""
+work, previews of what a change revokes and the confirmation before saving it, forms shown
+again with their problems, and rendering."""
 
 from __future__ import annotations
 
@@ -58,6 +59,15 @@ PAGE_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 SIGN_IN_PATH = "/console/sign-in"
+# What a page says of the change that sent the browser to it (`?done=`).
+DONE = {
+    "created": "Created.",
+    "updated": "Saved.",
+    "revoked": "Revoked.",
+    "deleted": "Deleted.",
+    "registered": "Registered.",
+    "rotated": "Rotated: the pending key signs now.",
+}
 
 # The navigation: (label, path, the roles that open it).
 NAV: tuple[tuple[str, str, frozenset[str]], ...] = (
@@ -249,6 +259,24 @@ class Console:
             **context,
         )
 
+    def form_page(
+        self,
+        template: str,
+        shown: FormState,
+        fresh: Mapping[str, list[str]] | None = None,
+        **context: Any,
+    ) -> HTMLResponse:
+        """A page with a form, `shown` fresh (its fields holding `fresh`) or again after its
+        post met a problem; it says what the change that sent the browser here did."""
+        return self.page(
+            template,
+            status=shown.status,
+            errors=shown.errors,
+            values=shown.values or fresh or {},
+            done=DONE.get(self.request.query_params.get("done", "")),
+            **context,
+        )
+
     async def form(self) -> Form:
         """The posted form, once its synchronizer token proves it came from this session's
         own page; a post without it (or with another session's) is refused, changing nothing."""
@@ -326,22 +354,28 @@ class Console:
             form, what=what, revoked=preview.revoked, back=back, details=details
         )
 
-    async def confirmed(
+    async def save(
         self,
         form: Form,
-        work: Callable[[OrgView], Any],
+        work: Callable[[OrgView], T],
         *,
-        what: str,
-        back: str,
-        done: str,
+        done: str | Callable[[T], str],
+        what: str = "",
+        always: bool = False,
+        back: str = "",
+        details: Sequence[str] | Callable[[Any], Sequence[str]] = (),
     ) -> Response:
-        """A change that is always confirmed first (a delete, a revocation): the confirmation
-        page until the form confirms it, then `work` done and the browser sent on to `done`."""
-        confirm = await self.confirmation(form, work, what=what, always=True, back=back)
-        if confirm is not None:
-            return confirm
-        await self.run(work)
-        return see_other(done)
+        """`work` done and committed, then the browser sent on to `done` (or to where `done`
+        makes of what `work` returned). Given `what`, the change is put to the `confirmation`
+        page first, when it revokes anything (or `always`), until the form confirms it."""
+        if what:
+            confirm = await self.confirmation(
+                form, work, what=what, always=always, back=back, details=details
+            )
+            if confirm is not None:
+                return confirm
+        result = await self.run(work)
+        return see_other(done(result) if callable(done) else done)
 
     def confirm_page(
         self,
@@ -366,6 +400,13 @@ class Console:
             action=self.request.url.path,
             back=back,
         )
+
+
+async def posted(request: Request) -> tuple[Console, Form]:
+    """The signed-in console user of this request and the form they posted, its token checked
+    (`Console.form`)."""
+    console = await console_for(request)
+    return console, await console.form()
 
 
 async def console_for(request: Request) -> Console:
@@ -480,6 +521,38 @@ def field_errors(problem: ProblemError, renames: Mapping[str, str] | None = None
 
 def status_of(problem: ProblemError) -> int:
     return ERROR_CODES[problem.code][0]
+
+
+def invalid_field(name: str, message: str) -> InvalidRequest:
+    """A problem with one field the request models cannot check, worded as theirs are."""
+    return InvalidRequest(f"invalid {name}", errors=[{"loc": ["body", name], "message": message}])
+
+
+@dataclass(frozen=True)
+class FormState:
+    """How a page shows its form: fresh, or again after its post met a problem, with the
+    problem's messages by field and, for a form of fields (not a lone button), what was typed."""
+
+    errors: Mapping[str, str] = field(default_factory=dict)
+    values: Mapping[str, list[str]] = field(default_factory=dict)
+    status: int = 200
+
+    @classmethod
+    def failed(
+        cls,
+        problem: ProblemError,
+        typed: Form | None = None,
+        errors: Mapping[str, str] | None = None,
+    ) -> FormState:
+        """After `problem`, its messages placed by `field_errors` unless `errors` places them."""
+        return cls(
+            field_errors(problem) if errors is None else errors,
+            typed.values() if typed is not None else {},
+            status_of(problem),
+        )
+
+
+FRESH = FormState()
 
 
 def query(**params: Any) -> str:

@@ -15,15 +15,31 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     cached: dict[str, Any] | None = getattr(app.state, "openapi_spec", None)
     if cached is not None:
         return cached
+    # Apps built from one table share its routes (`mount_routes`), and so their document:
+    # built once per process for the same routes and texts, which it holds so their ids stay
+    # theirs.
+    routes = tuple(app.routes)
+    key = (app.title, app.version, app.description, tuple(id(route) for route in routes))
+    shared = _SHARED.get(key)
+    if shared is None:
+        shared = (routes, _generate(app, routes))
+        _SHARED[key] = shared
+    app.state.openapi_spec = shared[1]
+    return shared[1]
+
+
+_SHARED: dict[tuple[Any, ...], tuple[tuple[Any, ...], dict[str, Any]]] = {}
+
+
+def _generate(app: FastAPI, routes: tuple[Any, ...]) -> dict[str, Any]:
     spec = get_openapi(
-        title=app.title, version=app.version, description=app.description, routes=app.routes
+        title=app.title, version=app.version, description=app.description, routes=list(routes)
     )
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     schemas["Problem"] = Problem.model_json_schema()
     for schema in schemas.values():
         for example in schema.get("examples", ()):
             _restore_nulls(schemas, schema, example)
-    app.state.openapi_spec = spec
     return spec
 
 
