@@ -4,9 +4,9 @@ identity map."""
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import ColumnElement, Select, Table, bindparam, select, update
 
 from control.identity.models import Credential, Org, Principal
 
@@ -17,24 +17,35 @@ _credential_table, _principal_table, _org_table = (
 )
 _credentials, _principals, _orgs = _credential_table.c, _principal_table.c, _org_table.c
 
-# The caller of an API key: its credential, principal and whether its org is the operator org.
-CALLER_BY_KEY_HASH = (
-    select(
-        _credentials.id,
-        _credentials.revoked_at,
-        _credentials.expires_at,
-        _credentials.last_used_at,
-        _principals.id.label("principal_id"),
-        _principals.org_id,
-        _principals.kind,
-        _principals.roles,
-        _principals.disabled,
-        _orgs.is_operator,
-    )
-    .join_from(_credential_table, _principal_table, _principals.id == _credentials.principal_id)
-    .join(_org_table, _orgs.id == _principals.org_id)
-    .where(_credentials.key_hash == bindparam("key_hash"))
+# The columns of an API key's caller, as every read that authenticates one selects them (the
+# row `control.identity.service.caller_of_row` reads): its credential, principal and whether its org
+# is the operator org.
+CALLER_COLUMNS = (
+    _credentials.id,
+    _credentials.revoked_at,
+    _credentials.expires_at,
+    _credentials.last_used_at,
+    _principals.id.label("principal_id"),
+    _principals.org_id,
+    _principals.kind,
+    _principals.roles,
+    _principals.disabled,
+    _orgs.is_operator,
 )
+
+
+def caller_by_key_hash(*more: ColumnElement[Any]) -> Select[Any]:
+    """The caller of the API key whose hash is `:key_hash` (`CALLER_COLUMNS`), then `more`
+    columns, which may refer to the credential, principal and org."""
+    return (
+        select(*CALLER_COLUMNS, *more)
+        .join_from(_credential_table, _principal_table, _principals.id == _credentials.principal_id)
+        .join(_org_table, _orgs.id == _principals.org_id)
+        .where(_credentials.key_hash == bindparam("key_hash"))
+    )
+
+
+CALLER_BY_KEY_HASH = caller_by_key_hash()
 TOUCH_CREDENTIAL = (
     update(_credential_table)
     .where(_credentials.id == bindparam("credential_id"))

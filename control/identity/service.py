@@ -279,34 +279,44 @@ def revoke_tokens(
 LAST_USED_RESOLUTION = timedelta(seconds=60)
 
 
-def caller_for_key(session: Session, pepper: bytes, presented: str) -> Caller:
-    """The caller an API key stands for; 401 otherwise. An expired key says so and when: only
-    its holder can present it, and "renew it" is the answer they need. Unknown, revoked and
-    disabled read alike."""
+def presented_key_hash(pepper: bytes, presented: str) -> str:
+    """The hash an API key is looked up by; 401 for what cannot be one."""
     credential_presented(display_prefix(presented))
     if not looks_like_api_key(presented):
         raise Unauthorized("the credential is not a valid API key", reason="invalid_credential")
-    key_hash = hash_api_key(pepper, presented)
-    row = session.execute(CALLER_BY_KEY_HASH, {"key_hash": key_hash}).one_or_none()
-    rejected = Unauthorized("the credential is invalid", reason="invalid_credential")
-    if row is None:
-        raise rejected
-    now = utcnow()
-    if row.revoked_at is not None or row.disabled:
-        raise rejected
+    return hash_api_key(pepper, presented)
+
+
+def caller_of_row(row: Any, now: datetime) -> tuple[Caller, bool]:
+    """The caller of a credential row (`CALLER_COLUMNS`; None for an unknown key), and whether
+    its `last_used_at` is due for an update; 401 otherwise. An expired key says so and when:
+    only its holder can present it, and "renew it" is the answer they need. Unknown, revoked
+    and disabled read alike."""
+    if row is None or row.revoked_at is not None or row.disabled:
+        raise Unauthorized("the credential is invalid", reason="invalid_credential")
     if row.expires_at is not None and row.expires_at <= now:
         expired = row.expires_at.isoformat().replace("+00:00", "Z")
         raise Unauthorized(
             f"the API key expired at {expired}; ask an admin for a new one",
             reason="expired_credential",
         )
-    if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
-        session.execute(TOUCH_CREDENTIAL, {"credential_id": row.id, "now": now})
     identify(row.org_id, row.principal_id)
-    return Caller(
+    caller = Caller(
         principal_id=row.principal_id,
         org_id=row.org_id,
         kind=row.kind,
         roles=effective_roles(row.roles, operator_org=row.is_operator),
         credential_id=row.id,
     )
+    return caller, row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION
+
+
+def caller_for_key(session: Session, pepper: bytes, presented: str) -> Caller:
+    """The caller an API key stands for (`caller_of_row`); 401 otherwise."""
+    key_hash = presented_key_hash(pepper, presented)
+    row = session.execute(CALLER_BY_KEY_HASH, {"key_hash": key_hash}).one_or_none()
+    now = utcnow()
+    caller, touch = caller_of_row(row, now)
+    if touch:
+        session.execute(TOUCH_CREDENTIAL, {"credential_id": caller.credential_id, "now": now})
+    return caller

@@ -23,14 +23,12 @@ from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from control.audit.writer import SideWrite
-from control.errors import Forbidden, Unauthorized
-from control.identity.caller import Caller, effective_roles
+from control.errors import Forbidden
+from control.identity.caller import Caller
 from control.identity.repository import TOUCH_CREDENTIAL
-from control.identity.secrets import display_prefix, hash_api_key, looks_like_api_key
-from control.identity.service import LAST_USED_RESOLUTION
+from control.identity.service import caller_of_row, presented_key_hash
 from control.keys.service import KeySnapshot
 from control.kit.db import utcnow
-from control.observability.context import credential_presented, identify
 from control.policy.engine import (
     CompiledPolicy,
     PolicyCache,
@@ -64,39 +62,11 @@ def epoch(value: datetime | None) -> int | None:
     return int(value.timestamp())
 
 
-def presented_key_hash(pepper: bytes, presented: str) -> str:
-    """The hash an API key is looked up by; 401 for what cannot be one."""
-    credential_presented(display_prefix(presented))
-    if not looks_like_api_key(presented):
-        raise Unauthorized("the credential is not a valid API key", reason="invalid_credential")
-    return hash_api_key(pepper, presented)
-
-
 def caller_of(row: Any, now: datetime, roles: frozenset[str]) -> tuple[Caller, SideWrite | None]:
-    """The caller of a read's credential row (the columns of `CALLER_BY_KEY_HASH`), holding
-    one of `roles`, and the key's `last_used_at` when it is due; raises what `caller_for_key`
-    and the route's guard answer: 401 for an unknown, revoked, disabled or expired key, 403
-    for one without the role."""
-    rejected = Unauthorized("the credential is invalid", reason="invalid_credential")
-    if row is None or row.revoked_at is not None or row.disabled:
-        raise rejected
-    if row.expires_at is not None and row.expires_at <= now:
-        expired = row.expires_at.isoformat().replace("+00:00", "Z")
-        raise Unauthorized(
-            f"the API key expired at {expired}; ask an admin for a new one",
-            reason="expired_credential",
-        )
-    touch = None
-    if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
-        touch = SideWrite(TOUCH_CREDENTIAL, {"credential_id": row.id, "now": now})
-    identify(row.org_id, row.principal_id)
-    caller = Caller(
-        principal_id=row.principal_id,
-        org_id=row.org_id,
-        kind=row.kind,
-        roles=effective_roles(row.roles, operator_org=row.is_operator),
-        credential_id=row.id,
-    )
+    """The caller of a read's credential row (`caller_of_row`), holding one of `roles` (403
+    without, as the route's guard answers), and the key's `last_used_at` when it is due."""
+    caller, due = caller_of_row(row, now)
+    touch = SideWrite(TOUCH_CREDENTIAL, {"credential_id": row.id, "now": now}) if due else None
     if not caller.has_any(roles):
         needed = " or ".join(sorted(roles))
         raise Forbidden(f"this route needs the {needed} role")

@@ -19,11 +19,12 @@ from sqlalchemy import Connection
 
 from control.audit.writer import SideWrite
 from control.grants import Op, stream_kind
+from control.identity.service import presented_key_hash
 from control.keys.service import KeySnapshot
 from control.kit.db import utcnow
 from control.runtime import GrantDenied, TokenRejected, authorize, verify_token
 from control.settings import Settings
-from control.tokens.fastpath import caller_of, epoch, presented_key_hash
+from control.tokens.fastpath import caller_of, epoch
 from control.tokens.repository import INTROSPECT_READ
 from control.tokens.schemas import IntrospectRequest, IntrospectResponse
 from control.views import bindable

@@ -13,6 +13,7 @@ from typing import cast
 from sqlalchemy import Table, and_, bindparam, func, select
 
 from control.identity.models import Credential, Org, Principal
+from control.identity.repository import caller_by_key_hash
 from control.policy.models import Stream
 from control.revocations.models import Revocation
 
@@ -38,34 +39,18 @@ _SUBJECT_FLOOR = (
     .scalar_subquery()
 )
 
-MINT_READ = (
-    select(
-        _credentials.id,
-        _credentials.revoked_at,
-        _credentials.expires_at,
-        _credentials.last_used_at,
-        _principals.id.label("principal_id"),
-        _principals.org_id,
-        _principals.kind,
-        _principals.roles,
-        _principals.disabled,
-        _orgs.is_operator,
-        _orgs.policy_rev,
-        _SUBJECT_FLOOR.label("subject_floor"),
-        _streams.id.label("stream_id"),
-        _streams.kind.label("stream_kind"),
-        _streams.owner_id.label("stream_owner_id"),
-    )
-    .join_from(_credential_table, _principal_table, _principals.id == _credentials.principal_id)
-    .join(_org_table, _orgs.id == _principals.org_id)
-    .outerjoin(
-        _stream_table,
-        and_(
-            _streams.org_id == _principals.org_id,
-            _streams.id.in_(bindparam("ids", expanding=True)),
-        ),
-    )
-    .where(_credentials.key_hash == bindparam("key_hash"))
+MINT_READ = caller_by_key_hash(
+    _orgs.policy_rev,
+    _SUBJECT_FLOOR.label("subject_floor"),
+    _streams.id.label("stream_id"),
+    _streams.kind.label("stream_kind"),
+    _streams.owner_id.label("stream_owner_id"),
+).outerjoin(
+    _stream_table,
+    and_(
+        _streams.org_id == _principals.org_id,
+        _streams.id.in_(bindparam("ids", expanding=True)),
+    ),
 )
 
 # The one read of an introspection by API key: the caller (the columns of
@@ -98,23 +83,8 @@ _STREAM_REGISTERED = (
     .scalar_subquery()
 )
 
-INTROSPECT_READ = (
-    select(
-        _credentials.id,
-        _credentials.revoked_at,
-        _credentials.expires_at,
-        _credentials.last_used_at,
-        _principals.id.label("principal_id"),
-        _principals.org_id,
-        _principals.kind,
-        _principals.roles,
-        _principals.disabled,
-        _orgs.is_operator,
-        _JTI_REVOKED.label("jti_revoked"),
-        _NAMED_SUBJECT_FLOOR.label("subject_floor"),
-        _STREAM_REGISTERED.label("stream_found"),
-    )
-    .join_from(_credential_table, _principal_table, _principals.id == _credentials.principal_id)
-    .join(_org_table, _orgs.id == _principals.org_id)
-    .where(_credentials.key_hash == bindparam("key_hash"))
+INTROSPECT_READ = caller_by_key_hash(
+    _JTI_REVOKED.label("jti_revoked"),
+    _NAMED_SUBJECT_FLOOR.label("subject_floor"),
+    _STREAM_REGISTERED.label("stream_found"),
 )
