@@ -153,8 +153,9 @@ class Settings(BaseSettings):
     @field_validator("spacetimedb_url")
     @classmethod
     def _spacetimedb_url(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?\Z", value):
-            raise ValueError("must be an http(s) URL without query or fragment")
+        # No userinfo: the URL is shown to operators (`GET /api/admin/spacetimedb`).
+        if value is not None and not re.match(r"^https?://[^/?#@\s]+(/[^?#\s]*)?\Z", value):
+            raise ValueError("must be an http(s) URL without credentials, query or fragment")
         return value.rstrip("/") if value else None
 
     @field_validator("spacetimedb_databases")
@@ -199,6 +200,11 @@ class Settings(BaseSettings):
         if self.env == "prod":
             if not self.issuer.startswith("https://"):
                 problems.append("CONTROL_ISSUER must be an https URL when CONTROL_ENV=prod")
+            if self.spacetimedb_url is not None and not self.spacetimedb_url.startswith("https://"):
+                # The deliverer sends the control plane's own token there.
+                problems.append(
+                    "CONTROL_SPACETIMEDB_URL must be an https URL when CONTROL_ENV=prod"
+                )
             for name in ("key_encryption_key", "credential_pepper"):
                 if getattr(self, name) is None and getattr(self, f"{name}_file") is None:
                     problems.append(

@@ -205,6 +205,29 @@ def test_the_asyncio_group_commit_keeps_every_invariant(
     assert sorted(stored(engine)) == sorted(expected)
 
 
+def test_a_writer_stopped_mid_batch_fails_the_writes_in_it(
+    sqlite_sessions: tuple[Engine, sessionmaker[Session]],
+) -> None:
+    """A writer cancelled while its batch waits (for SQLite's write lock here) answers every
+    write of that batch with the failure: none is left waiting forever."""
+    engine, sessions = sqlite_sessions
+    lock = asyncio.Lock()
+    writer = AuditWriter(sessions, inline=True, write_lock=lambda: lock)
+
+    async def run() -> None:
+        await lock.acquire()
+        waiting = asyncio.ensure_future(writer.write(event("token.mint", 1)))
+        await asyncio.sleep(0.05)  # the batch has left the queue and waits for the lock
+        assert writer._task is not None
+        writer._task.cancel()
+        with pytest.raises(AuditWriteFailed):
+            await asyncio.wait_for(waiting, 5)
+        lock.release()
+
+    asyncio.run(run())
+    assert stored(engine) == []
+
+
 @pytest.mark.parametrize("way", WAYS[:2])
 def test_a_side_write_alone_rides_a_batch(
     sqlite_sessions: tuple[Engine, sessionmaker[Session]], way: str

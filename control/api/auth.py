@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from control.api.deps import SessionDep, StateDep
-from control.errors import Forbidden, Unauthorized
+from control.errors import Unauthorized
 from control.federation.service import (
     VerifiedIdToken,
     caller_for_id_token,
@@ -120,9 +120,7 @@ def guard_for(access: Access) -> Callable[..., Coroutine[Any, Any, None]]:
         return bearer_required
 
     async def guard(caller: CallerDep) -> None:
-        if not caller.has_any(access.roles):
-            needed = " or ".join(sorted(access.roles))
-            raise Forbidden(f"this route needs the {needed} role")
+        caller.require_any(access.roles)
 
     return guard
 
@@ -195,9 +193,7 @@ def _body_valid(model: type[BaseModel] | None, body: bytes) -> bool:
 def _judge_key(state: AppState, presented: str, access: Access) -> None:
     with state.sessions() as session:  # read only: closing rolls back the key's `last_used_at`
         caller = caller_for_key(session, state.credential_pepper, presented)
-    if not caller.has_any(access.roles):
-        needed = " or ".join(sorted(access.roles))
-        raise Forbidden(f"this route needs the {needed} role")
+    caller.require_any(access.roles)
 
 
 async def org_view(session: SessionDep, caller: CallerDep) -> OrgView:

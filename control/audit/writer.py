@@ -113,11 +113,14 @@ class AuditWriter:
 
     async def close(self) -> None:
         """Write what is queued, then stop."""
-        task, self._task = self._task, None
+        task = self._task
         if task is None:
             return
+        # The task stays this writer's while it drains: a write arriving meanwhile joins the
+        # queue being drained rather than starting a writer that would drop it.
         while self._pending:
             await self._flush()
+        self._task = None
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -156,7 +159,7 @@ class AuditWriter:
             finally:
                 if lock is not None:
                     lock.release()
-        except Exception as exc:  # every request of the batch answers with the failure
+        except BaseException as exc:  # every request of the batch answers with the failure
             log.warning(
                 "audit batch of %d events failed to commit: %s", len(batch), type(exc).__name__
             )
@@ -165,6 +168,8 @@ class AuditWriter:
                     failure = AuditWriteFailed("the audit log could not be written")
                     failure.__cause__ = exc
                     pending.done.set_exception(failure)
+            if not isinstance(exc, Exception):  # the writer is being cancelled: it stops
+                raise
             return
         self.batches += 1
         events = sum(pending.event is not None for pending in batch)
@@ -179,12 +184,7 @@ class AuditWriter:
         """One transaction: the events in one statement, then the side writes."""
         bind = self.sessions.kw.get("bind")
         if self.inline_writer is not None and isinstance(bind, Engine):
-            events = [pending.event for pending in batch if pending.event is not None]
-            work: list[tuple[Any, list[dict[str, Any]]]] = (
-                [(INSERT_EVENT, events)] if events else []
-            )
-            work += [(p.side.statement, [p.side.params]) for p in batch if p.side is not None]
-            self.inline_writer.run(work)
+            self.inline_writer.run(_statements(batch))
             return
         if isinstance(bind, Engine):
             # A connection's own transaction: a session would cost more than the commit.
@@ -198,18 +198,19 @@ class AuditWriter:
     @staticmethod
     async def _commit_async(engine: AsyncEngine, batch: list[_Pending]) -> None:
         async with engine.begin() as connection:
-            events = [pending.event for pending in batch if pending.event is not None]
-            if events:
-                await connection.execute(INSERT_EVENT, events)
-            for pending in batch:
-                if pending.side is not None:
-                    await connection.execute(pending.side.statement, pending.side.params)
+            for statement, rows in _statements(batch):
+                await connection.execute(statement, rows)
 
     @staticmethod
     def _execute(connection: Connection, batch: list[_Pending]) -> None:
-        events = [pending.event for pending in batch if pending.event is not None]
-        if events:
-            connection.execute(INSERT_EVENT, events)
-        for pending in batch:
-            if pending.side is not None:
-                connection.execute(pending.side.statement, pending.side.params)
+        for statement, rows in _statements(batch):
+            connection.execute(statement, rows)
+
+
+def _statements(batch: list[_Pending]) -> list[tuple[Executable, list[dict[str, Any]]]]:
+    """What a batch's transaction runs, in order: its events in one insert, then each side
+    write, each statement with its sets of parameters."""
+    events = [pending.event for pending in batch if pending.event is not None]
+    work: list[tuple[Executable, list[dict[str, Any]]]] = [(INSERT_EVENT, events)] if events else []
+    work += [(p.side.statement, [p.side.params]) for p in batch if p.side is not None]
+    return work

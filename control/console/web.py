@@ -436,14 +436,17 @@ async def console_for(request: Request) -> Console:
     identify(caller.org_id, caller.principal_id)
     console = Console(request, state, caller, session_id)
     entry = table_entry(request.scope)
-    if entry is not None and entry.access.roles and not caller.has_any(entry.access.roles):
-        needed = " or ".join(sorted(entry.access.roles))
+    # Closed unless the route table says who may open the page.
+    if entry is None or (entry.access.roles and not caller.has_any(entry.access.roles)):
+        needed = " or ".join(sorted(entry.access.roles)) if entry is not None else ""
         raise PageExit(
             console.page(
                 "refused.html",
                 status=403,
                 title="Refused",
-                message=f"This page needs the {needed} role.",
+                message=f"This page needs the {needed} role."
+                if needed
+                else "This page is not open to you.",
             )
         )
     request.state.console = console

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from control.errors import Forbidden
 from control.identity.authority import OPERATOR_ROLE
 
 
@@ -18,6 +19,12 @@ class Caller:
 
     def has_any(self, roles: frozenset[str]) -> bool:
         return bool(self.roles & roles)
+
+    def require_any(self, roles: frozenset[str]) -> None:
+        """403 unless the caller holds one of `roles`, as every route's guard answers."""
+        if not self.has_any(roles):
+            needed = " or ".join(sorted(roles))
+            raise Forbidden(f"this route needs the {needed} role")
 
 
 def effective_roles(roles: Iterable[str], *, operator_org: bool) -> frozenset[str]:

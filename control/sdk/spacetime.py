@@ -248,7 +248,8 @@ class SpacetimePublisher:
                         self._on_error(failed)
                 continue
             attempts += 1
-            delay = min(self._max_backoff, self._backoff * 2.0 ** (attempts - 1))
+            # A bounded exponent: the cap holds past it, and 2.0 ** 1024 overflows.
+            delay = min(self._max_backoff, self._backoff * 2.0 ** min(attempts - 1, 64))
             with self._lock:
                 if self._closed:
                     return

@@ -82,7 +82,9 @@ class DatabaseStatus:
 
 def backoff(attempts: int, tuning: Tuning) -> float:
     """Seconds before attempt `attempts + 1`: doubling from the base, capped, with jitter."""
-    delay = min(tuning.backoff_cap_seconds, tuning.backoff_base_seconds * 2.0 ** (attempts - 1))
+    # The exponent is bounded: past it the cap holds anyway, and 2.0 ** 1024 overflows.
+    doubling = 2.0 ** min(attempts - 1, 64)
+    delay = min(tuning.backoff_cap_seconds, tuning.backoff_base_seconds * doubling)
     return delay * random.uniform(0.8, 1.0)
 
 
@@ -292,7 +294,12 @@ class Deliverer:
         retention when none is configured)."""
         cutoff = utcnow() - OUTBOX_RETENTION
         with unit_of_work(self.sessions) as session:
-            query = delete(OutboxEntry).where(OutboxEntry.created_at < cutoff)
+            query = delete(OutboxEntry).where(
+                OutboxEntry.created_at < cutoff,
+                # Never the newest entry: SQLite would hand its id out again, at or below what
+                # the databases have, and the next revocations would never be delivered.
+                OutboxEntry.id < select(func.max(OutboxEntry.id)).scalar_subquery(),
+            )
             if self.targets:
                 floor = session.scalar(
                     select(func.min(Delivery.delivered_id)).where(
