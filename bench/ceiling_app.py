@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI, Response
 
 from control.api.system import Health
+from control.app import FASTAPI_OPTIONS
 from control.grants import TOKEN_USE, Op, make_grant, scope_for
 from control.kit.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from control.tokens.schemas import GrantOut, TokenRequest, TokenResponse
@@ -72,7 +73,7 @@ def sign(body: TokenRequest) -> TokenResponse:
     )
 
 
-app = FastAPI()
+app = FastAPI(**FASTAPI_OPTIONS)  # configured as the service's app is
 app.add_middleware(BodyLimitMiddleware, max_bytes=64 * 1024)
 app.add_middleware(RequestIdMiddleware)
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import inspect
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -74,6 +76,16 @@ def prepare(state: AppState) -> None:
         ensure_keys(session, state.settings, state.keyring.cipher)
     with unit_of_work(state.sessions) as session:
         state.keyring.load(session)
+
+
+# FastAPI's own OpenTelemetry (in the releases that have it) stays off: the service instruments
+# itself (`control.observability`), and FastAPI's would add a second server span to every
+# request when tracing is on, and environment lookups to every request when it is not.
+FASTAPI_OPTIONS: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    if "telemetry" in inspect.signature(FastAPI).parameters
+    else {}
+)
 
 
 def create_app(
@@ -147,6 +159,7 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         redirect_slashes=False,  # a trailing slash is another path: 404, never an empty 307
+        **FASTAPI_OPTIONS,
     )
     app.state.keys_refreshing = background  # readiness judges the key ring's age only then
     metrics.set_enabled(settings.metrics_enabled)

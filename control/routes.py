@@ -36,7 +36,7 @@ from control.identity.schemas import (
 )
 from control.keys.schemas import JWKS, KeyList, OpenIDConfiguration, RotationResult
 from control.kit.pagination import Page
-from control.kit.routing import Access, Route, Status
+from control.kit.routing import Access, Route, Status, without_body
 from control.policy.schemas import (
     ExplainRequest,
     ExplainResponse,
@@ -96,9 +96,9 @@ ROUTES: tuple[Route, ...] = (
     # --- keys, discovery ----------------------------------------------------------------
     Route("GET", "/.well-known/openid-configuration", "openid_configuration",
           "OIDC discovery document", "discovery", ANYONE, keys.openid_configuration,
-          response_model=OpenIDConfiguration),
+          response_model=OpenIDConfiguration, direct=without_body(keys.openid_configuration)),
     Route("GET", "/.well-known/jwks.json", "jwks", "Published public signing keys",
-          "discovery", ANYONE, keys.jwks, response_model=JWKS),
+          "discovery", ANYONE, keys.jwks, response_model=JWKS, direct=without_body(keys.jwks)),
     Route("GET", "/api/admin/keys", "list_keys", "List signing keys and their states",
           "keys", OPERATOR, keys.list_keys, response_model=KeyList),
     Route("GET", "/api/admin/spacetimedb", "spacetimedb_status",

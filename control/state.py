@@ -32,12 +32,16 @@ from control.kit.db import (
 )
 from control.policy.engine import PolicyCache
 from control.revocations import service as revocation_service
+from control.runtime import VerifiedTokens
 from control.settings import Settings
 from control.spacetime.catalog import catalog_for
 from control.tokens import replicas
 from control.tokens.ratelimit import RateLimiter
 
 log = logging.getLogger("control.state")
+
+# How many introspected tokens a replica remembers as verified (a few MiB at most).
+INTROSPECTED_TOKENS_KEPT = 4096
 
 
 @dataclass
@@ -66,6 +70,10 @@ class AppState:
     async_db: AsyncDatabase | None = None
     # SQLite: the token routes' prebuilt reads, on the event loop (`InlineReader`).
     inline_reads: InlineReader | None = None
+    # Tokens introspection has verified, so that one asked about again skips its signature.
+    introspected_tokens: VerifiedTokens = field(
+        default_factory=lambda: VerifiedTokens(INTROSPECTED_TOKENS_KEPT)
+    )
 
     def __post_init__(self) -> None:
         self.mint_limiter = RateLimiter(

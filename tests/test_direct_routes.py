@@ -151,3 +151,28 @@ def test_introspection_answers_as_fastapi_would(
         if direct != fastapi:
             mismatches.append((case[0][:40], case[1], direct, fastapi))
     assert not mismatches, mismatches
+
+
+@pytest.mark.parametrize("path", ["/.well-known/jwks.json", "/.well-known/openid-configuration"])
+def test_the_discovery_routes_answer_as_fastapi_would(
+    client: TestClient, through_fastapi: TestClient, path: str
+) -> None:
+    """The JWKS and discovery, served directly: the same status, headers and bytes, for a
+    plain GET, a HEAD, a conditional GET that matches and one that does not, and a GET with a
+    body and credentials it ignores."""
+    etag = client.get(path).headers["etag"]
+    requests: list[tuple[str, dict[str, str], bytes]] = [
+        ("GET", {}, b""),
+        ("HEAD", {}, b""),
+        ("GET", {"if-none-match": etag}, b""),
+        ("GET", {"if-none-match": '"other"'}, b""),
+        ("GET", {"authorization": "Bearer x", "content-type": "application/json"}, b"{]"),
+        ("POST", {}, b""),
+    ]
+    for method, headers, body in requests:
+        direct = client.request(method, path, headers=headers, content=body)
+        fastapi = through_fastapi.request(method, path, headers=headers, content=body)
+        assert direct.status_code == fastapi.status_code, (method, headers)
+        assert direct.content == fastapi.content, (method, headers)
+        for name in ("content-type", "cache-control", "etag", "allow"):
+            assert direct.headers.get(name) == fastapi.headers.get(name), (method, name)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, update
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from control.identity.models import Credential
 from control.identity.secrets import hash_api_key
@@ -29,7 +29,8 @@ from control.kit.db import (
 from control.migrate import upgrade
 from control.policy.models import Stream
 from control.revocations.models import Revocation
-from control.tokens.repository import INTROSPECT_READ, MINT_READ
+from control.tokens.fastpath import grouped_mint_params
+from control.tokens.repository import INTROSPECT_READ, MINT_READ, MINT_READ_GROUPED
 from tests.pg import reachable_postgres, scratch_database
 
 PEPPER = b"p" * 32
@@ -170,4 +171,91 @@ def test_postgresql_prebuilt_reads_match_sqlalchemys() -> None:
                 _sqlalchemy_rows(engine, statement, params), key=repr
             )
             assert rows and rows[0].last_used_at is None and isinstance(rows[0].roles, list)
+        engine.dispose()
+
+
+def test_postgresql_grouped_reads_answer_each_request_as_its_own_read() -> None:
+    """Introspection's reads on PostgreSQL go grouped (`AsyncDatabase.grouped`): concurrent
+    reads travel as one statement, and each request still gets exactly the rows its own read
+    gives; a change committed before a read arrives is seen by it; a group the database refuses
+    fails every read in it, and the next group reads again."""
+    reachable_postgres("(the grouped reads on PostgreSQL)")
+    with scratch_database() as url:
+        upgrade(url)
+        engine = make_engine(url)
+        sessions = make_sessionmaker(engine)
+        with unit_of_work(sessions) as session:
+            created = bootstrap_org(session, PEPPER, "reads")
+            other = bootstrap_org(session, PEPPER, "other")
+            org, admin = created["org_id"], created["principal_id"]
+            session.add(Stream(id="run:r0", kind="run", org_id=org, owner_id=admin))
+            session.add(
+                Stream(
+                    id="run:o0", kind="run", org_id=other["org_id"], owner_id=other["principal_id"]
+                )
+            )
+            session.add(
+                Revocation(org_id=org, kind="subject", value=admin, not_before=datetime.now(UTC))
+            )
+            session.add(
+                Revocation(org_id=org, kind="jti", value="jti-1", not_before=datetime.now(UTC))
+            )
+        key_hash = hash_api_key(PEPPER, created["api_key"])
+        other_hash = hash_api_key(PEPPER, other["api_key"])
+        cases = [
+            {"key_hash": key, "jti": jti, "subject": subject, "stream": stream}
+            for key in (key_hash, other_hash, "unknown")
+            for jti in ("jti-1", "jti-2", None)
+            for subject in (admin, None)
+            for stream in ("run:r0", "run:o0", None)
+        ]
+        expected = [_sqlalchemy_rows(engine, INTROSPECT_READ, params) for params in cases]
+        database = make_async_database(url.replace("postgresql://", "postgresql+psycopg://", 1))
+        assert database is not None
+
+        async def scenario() -> tuple[list[list[Any]], int, int, list[Any], bool]:
+            try:
+                got = await asyncio.gather(
+                    *(database.grouped(INTROSPECT_READ, params) for params in cases)
+                )
+                # The mint's read, grouped, gives `MINT_READ`'s rows.
+                got_mints = await asyncio.gather(
+                    *(
+                        database.grouped(MINT_READ_GROUPED, grouped_mint_params(params))
+                        for params in mints
+                    )
+                )
+                for params, rows, want in zip(mints, got_mints, mints_expected, strict=True):
+                    assert sorted(map(tuple, rows), key=repr) == sorted(want, key=repr), params
+                group = database._groups[id(INTROSPECT_READ)]
+                groups, reads = group.groups, group.reads
+                # A value the database refuses (NUL) fails its whole group...
+                bad = {**cases[0], "jti": "a\x00b"}
+                outcomes = await asyncio.gather(
+                    database.grouped(INTROSPECT_READ, cases[0]),
+                    database.grouped(INTROSPECT_READ, bad),
+                    return_exceptions=True,
+                )
+                # ...and the next group reads, seeing what was committed before it arrived.
+                with engine.begin() as connection:
+                    connection.execute(update(Credential).values(revoked_at=datetime.now(UTC)))
+                after = await database.grouped(INTROSPECT_READ, cases[0])
+                return list(got), groups, reads, outcomes, after[0].revoked_at is not None
+            finally:
+                await database.dispose()
+
+        mints = [
+            {"key_hash": key, "ids": ids}
+            for key in (key_hash, other_hash, "unknown")
+            for ids in ([], ["run:r0"], ["run:o0", "run:r0", "run:none"])
+        ]
+        mints_expected = [_sqlalchemy_rows(engine, MINT_READ, params) for params in mints]
+        got, groups, reads, outcomes, seen = asyncio.run(scenario())
+        for params, rows, want in zip(cases, got, expected, strict=True):
+            assert sorted(map(tuple, rows), key=repr) == sorted(want, key=repr), params
+            for row in rows:
+                assert isinstance(row.roles, list) and isinstance(row.disabled, bool)
+        assert reads == len(cases) and groups < reads  # the reads went together
+        assert all(isinstance(outcome, DBAPIError) for outcome in outcomes), outcomes
+        assert seen
         engine.dispose()

@@ -11,11 +11,14 @@ guard used to say it now says itself, in the same order.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from control.identity.models import Credential
+from control.runtime import TokenRejected, VerifiedTokens
 from control.state import AppState
 from harness.api import Api
 from tests.factories import OrgFixture
@@ -85,3 +88,35 @@ def test_a_revoked_subject_reads_as_revoked(org_a: OrgFixture) -> None:
     )
     answer = service.ok("POST", INTROSPECT, {"token": token, "stream": STREAM}, 200)
     assert answer == {"active": False, "reason": "revoked"}
+
+
+def test_a_token_asked_about_again_is_judged_again(state: AppState, org_a: OrgFixture) -> None:
+    """A token introspected before skips its signature check, never the rest: once the key
+    that signed it is no longer one this replica verifies with, it is not active."""
+    _member, service, token = _world(org_a)
+    assert service.ok("POST", INTROSPECT, {"token": token}, 200)["active"] is True
+    assert service.ok("POST", INTROSPECT, {"token": token}, 200)["active"] is True
+    snapshot = state.keyring.snapshot
+    state.keyring._snapshot = dataclasses.replace(snapshot, verification_keys={})
+    try:
+        answer = service.ok("POST", INTROSPECT, {"token": token}, 200)
+        assert answer == {"active": False, "reason": "unknown_key"}
+    finally:
+        state.keyring._snapshot = snapshot
+    assert service.ok("POST", INTROSPECT, {"token": token}, 200)["active"] is True
+
+
+def test_a_remembered_token_still_expires(state: AppState, org_a: OrgFixture) -> None:
+    _member, _service, token = _world(org_a)
+    keys, settings = state.keyring.snapshot, state.settings
+    remembered = VerifiedTokens(2)
+    judge = {"issuer": settings.issuer, "audience": settings.audience}
+    claims = remembered.claims(token, keys.verification_keys.get, leeway=0, **judge)
+    # Judged a quarter of an hour later (a negative leeway moves "now" on): expired, although
+    # its signature is not checked again.
+    with pytest.raises(TokenRejected) as rejected:
+        remembered.claims(token, lambda kid: None, leeway=-900, **judge)
+    assert rejected.value.code == "expired"
+    # The claims handed out are the caller's own: changing them changes no later answer.
+    claims["grants"].clear()
+    assert remembered.claims(token, lambda kid: None, leeway=0, **judge)["grants"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import orjson
@@ -16,10 +16,10 @@ from starlette.concurrency import run_in_threadpool
 from control.api.auth import ID_TOKEN, presented_bearer, served_directly, verify_presented_id_token
 from control.api.deps import get_session
 from control.audit.writer import AuditWriteFailed
-from control.errors import Forbidden, ProblemError, problem_response
+from control.errors import ProblemError, problem_response
 from control.federation.service import caller_for_id_token, looks_like_jwt
 from control.identity.caller import Caller
-from control.kit.db import AsyncDatabase, end_unit_of_work
+from control.kit.db import end_unit_of_work
 from control.kit.routing import table_entry
 from control.observability.hooks import introspected
 from control.policy.engine import CompiledPolicy
@@ -28,12 +28,13 @@ from control.tokens.fastpath import (
     FastMint,
     cached_policy,
     decide_mint,
+    grouped_mint_params,
     mint_by_key,
     mint_params,
 )
 from control.tokens.introspection import Introspected, decide, introspect_by_key, prepare_read
 from control.tokens.ratelimit import RateLimiter
-from control.tokens.repository import INTROSPECT_READ, MINT_READ
+from control.tokens.repository import INTROSPECT_READ, MINT_READ, MINT_READ_GROUPED
 from control.tokens.schemas import IntrospectRequest, TokenRequest
 from control.tokens.service import Minted, Refused, mint
 
@@ -109,7 +110,10 @@ async def _mint_for_key(
             rows = inline.all(MINT_READ, params)
         else:
             assert database is not None
-            rows = await _read_async(database, MINT_READ, params)
+            # Grouped: the mints arriving while one is read go together in the next.
+            rows = await _read_async(
+                database.grouped, MINT_READ_GROUPED, grouped_mint_params(params)
+            )
         policy = cached_policy(rows, state.policies)
         if policy is not None or not rows:
             fast = decide_mint(
@@ -151,9 +155,7 @@ async def _mint_for_id_token(
 
     def mint_and_commit(session: Session) -> Minted | Refused:
         caller = caller_for_id_token(session, verified)
-        if not caller.has_any(roles):
-            needed = " or ".join(sorted(roles))
-            raise Forbidden(f"this route needs the {needed} role")
+        caller.require_any(roles)
         outcome = limited_mint(state, session, caller, body)
         end_unit_of_work(session, False)
         return outcome
@@ -166,12 +168,17 @@ async def _mint_for_id_token(
 _unit_of_work = contextlib.asynccontextmanager(get_session)
 
 
-async def _read_async(database: AsyncDatabase, statement: Any, params: dict[str, Any]) -> Any:
-    """The rows of one read-only statement, in a transaction of its own (begun now, so a
-    change committed before this request is seen); a pool that cannot hand out a connection in
-    time reads as the database being unavailable (503), never a 500."""
+async def _read_async(
+    read: Callable[[Any, dict[str, Any]], Awaitable[list[Any]]],
+    statement: Any,
+    params: dict[str, Any],
+) -> Any:
+    """The rows of one read-only statement by `read` (an `AsyncDatabase`'s `all` or
+    `grouped`), in a transaction begun after this request arrived (so a change committed before
+    it is seen); a pool that cannot hand out a connection in time reads as the database being
+    unavailable (503), never a 500."""
     try:
-        return await database.all(statement, params)
+        return await read(statement, params)
     except SQLAlchemyTimeoutError:
         raise ProblemError(
             "unavailable",
@@ -275,6 +282,7 @@ async def introspect(request: Request, body: IntrospectRequest) -> Response:
                 roles=roles,
                 keys=state.keyring.snapshot,
                 settings=state.settings,
+                verified=state.introspected_tokens,
                 body=body,
             )
 
@@ -287,13 +295,15 @@ async def introspect(request: Request, body: IntrospectRequest) -> Response:
             presented=presented,
             keys=state.keyring.snapshot,
             settings=state.settings,
+            verified=state.introspected_tokens,
             body=body,
         )
         if inline is not None:
             rows = inline.all(INTROSPECT_READ, prepared.params)
         else:
             assert database is not None
-            rows = await _read_async(database, INTROSPECT_READ, prepared.params)
+            # Grouped: the introspections arriving while one is read go together in the next.
+            rows = await _read_async(database.grouped, INTROSPECT_READ, prepared.params)
         found = decide(rows[0] if rows else None, prepared, roles, body)
     elif state.request_lock is not None:
         found = read()

@@ -20,6 +20,8 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeDecorator
 
+from control.kit.readgroup import ReadGroup, group_statement
+
 # Named constraints keep Alembic's diffs stable and identical on SQLite and PostgreSQL.
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -118,27 +120,38 @@ class AsyncDatabase:
             open=False,
         )
         self._opened = False
+        self._groups: dict[int, ReadGroup] = {}
 
     async def all(self, statement: Any, params: dict[str, Any]) -> list[Any]:
         """The rows of one read-only statement (`PrebuiltReads`)."""
         prebuilt = self.prebuilt.get(statement, params)
+        return prebuilt.rows(await self._fetch(prebuilt.sql, prebuilt.parameters(params)))
+
+    async def grouped(self, statement: Any, params: dict[str, Any]) -> list[Any]:
+        """The rows of one read-only statement whose parameters are all scalars, read with the
+        concurrent reads of the same statement in one round trip (`ReadGroup`)."""
+        group = self._groups.get(id(statement))
+        if group is None:
+            group = ReadGroup(group_statement(statement, self.dialect), self._fetch)
+            self._groups[id(statement)] = group
+        return await group.read(params)
+
+    async def _fetch(self, sql: str, parameters: Any) -> list[Any]:
+        """The raw rows of `sql`, on a pooled connection, in a transaction of its own."""
         dbapi_error = self.dialect.loaded_dbapi.Error
         try:
             if not self._opened:
                 self._opened = True
                 await self._reads.open(wait=False)
             async with self._reads.connection() as connection:
-                cursor = await connection.execute(prebuilt.sql, prebuilt.parameters(params))
-                fetched = await cursor.fetchall()
+                cursor = await connection.execute(sql, parameters)
+                return await cursor.fetchall()
         except PoolTimeout as exc:
             raise SQLAlchemyTimeoutError("no database connection in time") from exc
         except dbapi_error as exc:
             # As SQLAlchemy reports a driver's errors: a database gone is a 503. (A connection
             # the database dropped is discarded by the pool on its return.)
-            raise DBAPIError.instance(
-                prebuilt.sql, None, exc, dbapi_error, dialect=self.dialect
-            ) from exc
-        return prebuilt.rows(fetched)
+            raise DBAPIError.instance(sql, None, exc, dbapi_error, dialect=self.dialect) from exc
 
     async def dispose(self) -> None:
         if self._opened:

@@ -32,8 +32,11 @@ _SHARED: dict[tuple[Any, ...], tuple[tuple[Any, ...], dict[str, Any]]] = {}
 
 
 def _generate(app: FastAPI, routes: tuple[Any, ...]) -> dict[str, Any]:
+    # In the table's order, whatever order the router tries them in (`mount_routes`).
+    # (Routes outside the table, retired ones, are never in the document: they go first.)
+    ordered = sorted(routes, key=lambda route: getattr(route, "position", -1))
     spec = get_openapi(
-        title=app.title, version=app.version, description=app.description, routes=list(routes)
+        title=app.title, version=app.version, description=app.description, routes=ordered
     )
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     schemas["Problem"] = Problem.model_json_schema()

@@ -78,6 +78,15 @@ BodyReader = Callable[[Request], Awaitable[ParsedBody]]
 DirectEndpoint = Callable[[Request, BodyReader], Awaitable[Response]]
 
 
+def without_body(endpoint: Callable[[Request], Awaitable[Response]]) -> DirectEndpoint:
+    """A GET `endpoint` that answers from the request alone, as a `Route.direct`."""
+
+    async def serve(request: Request, _read_body: BodyReader) -> Response:
+        return await endpoint(request)
+
+    return serve
+
+
 @dataclass(frozen=True)
 class Route:
     method: str
@@ -108,7 +117,8 @@ class Route:
     # FastAPI does (one that is not JSON is refused at once, as FastAPI refuses it); `direct`
     # applies its guard's checks in the guard's order and calls `endpoint` with the model, so
     # the answers are those FastAPI gives. `endpoint` and `request_model` stay the spec's source.
-    # Bodies of `media_endpoints` types still go to those.
+    # Bodies of `media_endpoints` types still go to those. A public GET of fixed bytes (the JWKS,
+    # discovery) may be direct too (`without_body`): it has no guard, no model and no body.
     direct: DirectEndpoint | None = None
     # Merged into the route's OpenAPI operation (FastAPI's `openapi_extra`): where the spec
     # documents what the model-driven parts cannot say, such as the `media_endpoints` bodies.
@@ -144,11 +154,14 @@ class TableRoute(APIRoute):
     declaration (`request.scope["route"].entry`) without a lookup of its own.
 
     A request whose body is of one of the entry's `media_endpoints` goes to that endpoint;
-    every other request to the route's FastAPI handler, exactly as if there were none."""
+    every other request to the entry's `direct` handler when it names one, else to the route's
+    FastAPI handler, exactly as if there were neither."""
 
     entry: Route | None = None
     # The path's text before its first parameter: no path without it can match.
     literal: str | None = None
+    # The entry's place in the table, which the spec follows whatever order routes match in.
+    position: int = 0
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         # The app's router tries its routes in order, and FastAPI's and Starlette's matching of
@@ -316,7 +329,7 @@ def check_table(routes: Sequence[Route]) -> None:
         for media in route.media_endpoints:
             if media != media.strip().lower() or ";" in media or media == "application/json":
                 raise ValueError(f"{route.operation_id}: {media!r} cannot name another body")
-        if route.direct is not None and route.request_model is None:
+        if route.direct is not None and route.request_model is None and route.method != "GET":
             raise ValueError(f"{route.operation_id}: a direct route reads a request model")
         if route.request_model is not None:
             # `Annotated[Model, Body(...)]` takes the model too (a body with a default).
@@ -350,6 +363,30 @@ def mount_routes(
         built = (routes, _build_routes(routes, guard, prepare))
         _BUILT[key] = built
     app.router.routes.extend(built[1])
+
+
+def _matching_order(mounted: list[BaseRoute]) -> list[BaseRoute]:
+    """The routes in the order the router tries them: the table's, but for the direct routes
+    (the token endpoint and introspection), first. The router stops at the first route that
+    matches a request, so this answers every request as the table's order does: a direct
+    route's path has no parameters and no other route can match it (checked here)."""
+    direct = [
+        route
+        for route in mounted
+        if isinstance(route, TableRoute) and route.entry is not None and route.entry.direct
+    ]
+    for route in direct:
+        others = [
+            other
+            for other in mounted
+            if other is not route
+            and isinstance(other, APIRoute)
+            and other.path_regex.match(route.path)
+        ]
+        assert "{" not in route.path and not others, (
+            f"{route.path}: a direct route must be the only route its path can reach"
+        )
+    return direct + [route for route in mounted if route not in direct]
 
 
 _BUILT: dict[tuple[int, object, object], tuple[Sequence[Route], tuple[BaseRoute, ...]]] = {}
@@ -394,4 +431,5 @@ def _build_routes(
         assert isinstance(mounted, TableRoute)
         mounted.entry = route
         mounted.literal = route.path.split("{", 1)[0]
-    return tuple(router.routes)
+        mounted.position = len(router.routes) - 1
+    return tuple(_matching_order(router.routes))

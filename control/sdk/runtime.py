@@ -85,7 +85,14 @@ from control.sdk.grants import (
 )
 from control.sdk.grants import authorize as match_grant
 
-__all__ = ["FeedSource", "GrantDenied", "GrantVerifier", "TokenRejected", "verify_token"]
+__all__ = [
+    "FeedSource",
+    "GrantDenied",
+    "GrantVerifier",
+    "TokenRejected",
+    "VerifiedTokens",
+    "verify_token",
+]
 
 log = logging.getLogger("control.runtime")
 
@@ -215,6 +222,7 @@ class _Verified(NamedTuple):
     claims: dict[str, Any]
     grants: tuple[Grant, ...]
     payload: bytes  # the claims' JSON text, as signed
+    kid: str  # the key that signed it
 
 
 def verify_token(
@@ -316,7 +324,7 @@ def _verify(
         grants = _parse_grants_cached(claims["grants"])
     except GrammarError as exc:
         raise TokenRejected("malformed", str(exc)) from None
-    return _Verified(claims, grants, payload)
+    return _Verified(claims, grants, payload, kid)
 
 
 # Grants claims already parsed, keyed by their compact JSON. A runtime sees the same few grants
@@ -461,6 +469,56 @@ class _FetchNeeded(Exception):
     """A token names a key not in the cache, and looking it up would fetch the JWKS now."""
 
 
+class VerifiedTokens:
+    """Tokens that verified, by their exact text: a token presented again skips its signature
+    check, the costliest step of verifying it, but never its expiry. Thread-safe; at most `size`
+    tokens, the oldest dropped first. Only tokens that verified are kept, so what fills it is
+    tokens the issuer signed.
+
+    Each entry holds the claims' JSON text, not the claims: every call hands out claims of its
+    own, which the caller may change freely, and the cache stays small."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._size = size
+        # token -> (exp, kid, the claims' JSON text)
+        self._entries: dict[str, tuple[int, str, bytes]] = {}
+        # Writes only: eviction iterates the entries, which no other thread may change
+        # meanwhile. Reads need no lock.
+        self._lock = threading.Lock()
+
+    def claims(
+        self,
+        token: str,
+        find_key: Callable[[str], VerificationKey | None],
+        *,
+        issuer: str,
+        audience: str,
+        leeway: int,
+        key_still_valid: Callable[[str], bool] | None = None,
+    ) -> dict[str, Any]:
+        """`verify_token`'s answer for `token`. `key_still_valid(kid)`, when given, is asked of
+        a token seen before: one whose key it no longer accepts is verified again (and refused
+        as `verify_token` refuses it)."""
+        cached = self._entries.get(token) if isinstance(token, str) else None
+        if cached is not None:
+            exp, kid, payload = cached
+            if key_still_valid is None or key_still_valid(kid):
+                if exp <= time.time() - leeway:
+                    raise TokenRejected("expired", "the token has expired")
+                return _json_object(payload)
+        verified = _verify(
+            token, find_key, issuer=issuer, audience=audience, leeway=leeway, now=None
+        )
+        with self._lock:
+            self._entries[token] = (verified.claims["exp"], verified.kid, verified.payload)
+            if len(self._entries) > self._size:  # the oldest goes first
+                del self._entries[next(iter(self._entries))]
+        return verified.claims
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 class GrantVerifier:
     """Verify sync tokens locally and check their grants. Thread-safe."""
 
@@ -509,10 +567,7 @@ class GrantVerifier:
         self._lock = threading.Lock()
         # Held by whichever thread is fetching the JWKS: one fetch at a time.
         self._fetch_lock = threading.Lock()
-        # token -> (exp, the claims' JSON text). Bytes, not the claims: every call hands out
-        # claims of its own, which the caller may change freely, and the cache stays small.
-        self._verified: dict[str, tuple[int, bytes]] = {}
-        self._cache_size = cache_size
+        self._verified = VerifiedTokens(cache_size)
         self._stop = threading.Event()
         sources = [FeedSource(revocations_url, api_key)] if revocations_url is not None else []
         for given in feeds:
@@ -680,24 +735,9 @@ class GrantVerifier:
     def _check(
         self, token: str, find_key: Callable[[str], VerificationKey | None]
     ) -> dict[str, Any]:
-        cached = self._verified.get(token) if isinstance(token, str) else None
-        if cached is not None:
-            exp, payload = cached
-            if exp <= time.time() - self.leeway:
-                raise TokenRejected("expired", "the token has expired")
-            claims = _json_object(payload)
-        else:
-            verified = _verify(
-                token, find_key, issuer=self.issuer, audience=self.audience,
-                leeway=self.leeway, now=None,
-            )  # fmt: skip
-            claims = verified.claims
-            # Under the lock: eviction iterates the cache, which no other thread may change
-            # meanwhile. Reads need no lock.
-            with self._lock:
-                self._verified[token] = (claims["exp"], verified.payload)
-                if len(self._verified) > self._cache_size:  # the oldest goes first
-                    del self._verified[next(iter(self._verified))]
+        claims = self._verified.claims(
+            token, find_key, issuer=self.issuer, audience=self.audience, leeway=self.leeway
+        )
         reason = self._revoked(claims) if self._feeds else None
         if reason is not None:
             raise TokenRejected(reason, "the token has been revoked")

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from control.audit.writer import SideWrite
-from control.errors import Forbidden
 from control.identity.caller import Caller
 from control.identity.repository import TOUCH_CREDENTIAL
 from control.identity.service import caller_of_row, presented_key_hash
@@ -67,15 +67,18 @@ def caller_of(row: Any, now: datetime, roles: frozenset[str]) -> tuple[Caller, S
     without, as the route's guard answers), and the key's `last_used_at` when it is due."""
     caller, due = caller_of_row(row, now)
     touch = SideWrite(TOUCH_CREDENTIAL, {"credential_id": row.id, "now": now}) if due else None
-    if not caller.has_any(roles):
-        needed = " or ".join(sorted(roles))
-        raise Forbidden(f"this route needs the {needed} role")
+    caller.require_any(roles)
     return caller, touch
 
 
 def mint_params(pepper: bytes, presented: str, body: TokenRequest) -> dict[str, Any]:
     """`MINT_READ`'s parameters; 401 for a credential that cannot be an API key."""
     return {"key_hash": presented_key_hash(pepper, presented), "ids": named_streams(body.streams)}
+
+
+def grouped_mint_params(params: dict[str, Any]) -> dict[str, Any]:
+    """`mint_params` as `MINT_READ_GROUPED` takes them: the stream ids as one JSON array."""
+    return {"key_hash": params["key_hash"], "ids_json": orjson.dumps(params["ids"]).decode()}
 
 
 def cached_policy(rows: Sequence[Any], policies: PolicyCache) -> CompiledPolicy | None:

@@ -22,7 +22,7 @@ from control.grants import Op, stream_kind
 from control.identity.service import presented_key_hash
 from control.keys.service import KeySnapshot
 from control.kit.db import utcnow
-from control.runtime import GrantDenied, TokenRejected, authorize, verify_token
+from control.runtime import GrantDenied, TokenRejected, VerifiedTokens, authorize
 from control.settings import Settings
 from control.tokens.fastpath import caller_of, epoch
 from control.tokens.repository import INTROSPECT_READ
@@ -38,17 +38,20 @@ class Introspected:
 
 
 def _verified(
-    keys: KeySnapshot, settings: Settings, token: str
+    keys: KeySnapshot, settings: Settings, verified: VerifiedTokens, token: str
 ) -> tuple[dict[str, Any] | None, str | None]:
-    """The token's claims, or why it is not active."""
+    """The token's claims, or why it is not active. A token introspected before skips its
+    signature check (`verified`) while the key that signed it is still one this replica
+    verifies with; its expiry is judged every time."""
     try:
         return (
-            verify_token(
+            verified.claims(
                 token,
                 keys.verification_keys.get,
                 issuer=settings.issuer,
                 audience=settings.audience,
                 leeway=settings.token_leeway_seconds,
+                key_still_valid=keys.verification_keys.__contains__,
             ),
             None,
         )
@@ -75,13 +78,19 @@ class IntrospectionRead:
 
 
 def prepare_read(
-    *, pepper: bytes, presented: str, keys: KeySnapshot, settings: Settings, body: IntrospectRequest
+    *,
+    pepper: bytes,
+    presented: str,
+    keys: KeySnapshot,
+    settings: Settings,
+    verified: VerifiedTokens,
+    body: IntrospectRequest,
 ) -> IntrospectionRead:
     """What the read needs; 401 for a credential that cannot be an API key. The token is
     verified before the read (it needs no database), so that the read can carry the claims'
     lookups; nothing of it is answered unless the caller authenticates."""
     key_hash = presented_key_hash(pepper, presented)
-    claims, rejected = _verified(keys, settings, body.token)
+    claims, rejected = _verified(keys, settings, verified, body.token)
     jti = claims.get("jti") if claims is not None else None
     subject = claims.get("sub") if claims is not None else None
     return IntrospectionRead(
@@ -104,11 +113,19 @@ def introspect_by_key(
     roles: frozenset[str],
     keys: KeySnapshot,
     settings: Settings,
+    verified: VerifiedTokens,
     body: IntrospectRequest,
 ) -> Introspected:
     """The answer for the caller of `presented` (401 as `caller_for_key` says; 403 without one
     of `roles`), from one read."""
-    read = prepare_read(pepper=pepper, presented=presented, keys=keys, settings=settings, body=body)
+    read = prepare_read(
+        pepper=pepper,
+        presented=presented,
+        keys=keys,
+        settings=settings,
+        verified=verified,
+        body=body,
+    )
     row = connection.execute(INTROSPECT_READ, read.params).one_or_none()
     return decide(row, read, roles, body)
 
