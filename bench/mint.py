@@ -296,6 +296,7 @@ class BackendReport:
     first_mint_ms: float
     reads: dict[str, tuple[float, float]]  # phase -> (throughput ratio, p99 ratio)
     audit_ratio: float  # mint p50 with AUDIT_ROWS more audit rows / without, healthz-normalised
+    audit_raw_ratio: float  # the same, not normalised
     workers: tuple[float, float] | None  # mints/s with 1 and 2 workers
     # Median over the throughput rounds of (mint/healthz) / (ceiling sign/ceiling healthz), the
     # ceiling's phases run in the same round as the mint's; and the ceiling's own ratio.
@@ -419,6 +420,7 @@ def bench_backend(
                     first_mint_ms=nan,
                     reads=read_ratios(health_runs, read_runs),
                     audit_ratio=nan,
+                    audit_raw_ratio=nan,
                     workers=None,
                     **shares,
                 )
@@ -468,14 +470,15 @@ def bench_backend(
             # healthz phase: before, then after a bulk insert.
             # Several rounds on each side, as for the data-set sizes: one short phase of each
             # is at the mercy of whatever else the shared machine does in those seconds.
-            def audit_rounds(tag: str) -> float:
-                """The median over rounds of mint p50 / neighbouring healthz p50."""
-                ratios = []
-                for _ in range(args.scale_rounds):
+            def audit_rounds(tag: str) -> tuple[float, float]:
+                """Medians over rounds of mint p50 / neighbouring healthz p50, and of mint p50."""
+                ratios, p50s = [], []
+                for _ in range(args.audit_rounds):
                     h = phase(f"healthz (audit {tag})", 1, latency_seconds, [healthz])
                     m = phase(f"mint (audit {tag})", 1, latency_seconds, small)
                     ratios.append(m.percentile(50) / h.percentile(50))
-                return median(ratios)
+                    p50s.append(m.percentile(50))
+                return median(ratios), median(p50s)
 
             audit_before = audit_rounds("small")
             started = time.perf_counter()
@@ -486,7 +489,9 @@ def bench_backend(
                 flush=True,
             )
             phase("warm-up mint (audit large)", 1, 0.5, small)
-            audit_ratio = audit_rounds("large") / audit_before
+            audit_after = audit_rounds("large")
+            audit_ratio = audit_after[0] / audit_before[0]
+            audit_raw_ratio = audit_after[1] / audit_before[1]
             policy.engine.dispose()
 
             # 4. One worker against two, on PostgreSQL (SQLite serves with one).
@@ -532,6 +537,7 @@ def bench_backend(
         first_mint_ms=median(first_mints),
         reads=read_ratios(health_runs, read_runs),
         audit_ratio=audit_ratio,
+        audit_raw_ratio=audit_raw_ratio,
         workers=workers,
         **shares,
     )
@@ -676,6 +682,12 @@ def main() -> int:
     )
     parser.add_argument("--scale-rounds", type=int, default=2, help="rounds per data-set state")
     parser.add_argument(
+        "--audit-rounds",
+        type=int,
+        default=4,
+        help="rounds on each side of the audit-log bulk insert (it cannot alternate)",
+    )
+    parser.add_argument(
         "--no-workers", dest="workers_phase", action="store_false", help="skip 1 vs 2 workers"
     )
     parser.add_argument("--no-ceiling", dest="ceiling", action="store_false")
@@ -759,9 +771,9 @@ def main() -> int:
             f" p99 {r.scale_p99_ratio:.2f}x, server CPU/mint {r.scale_cpu_ratio:.2f}x"
         )
         print(
-            f"{'':<10} mint p50 with {AUDIT_ROWS:,} more audit rows / without, normalised by "
-            f"healthz: {r.audit_ratio:.2f}x  (target <= {TARGET_SCALE_RATIO:g}x: "
-            f"{verdict(r.audit_ratio <= TARGET_SCALE_RATIO)})"
+            f"{'':<10} mint p50 with {AUDIT_ROWS:,} more audit rows / without: "
+            f"{r.audit_raw_ratio:.2f}x, normalised by healthz {r.audit_ratio:.2f}x  "
+            f"(target <= {TARGET_SCALE_RATIO:g}x: {verdict(r.audit_ratio <= TARGET_SCALE_RATIO)})"
         )
         print(
             f"{'':<10} first mint after the bump to 1,000 rules (recompiles the policy): "

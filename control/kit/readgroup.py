@@ -1,17 +1,19 @@
 """Group reads on PostgreSQL: concurrent reads of one statement answered by one statement.
 
-A hot read whose parameters are all scalars (introspection's `INTROSPECT_READ`) costs the
-service more in the driver and the pool than in the database: a connection checked out, a
-query sent, its answer parsed, for each request. `ReadGroup` turns the reads that arrive while
-one is in flight into the next one: the requests' parameters travel as arrays, `unnest(...)
-WITH ORDINALITY` makes them rows, and the statement runs `LATERAL` once per row, in one round
-trip, one snapshot, one checkout. Each row comes back tagged with its request's ordinal.
+A hot read whose parameters are all scalars (the token route's `MINT_READ_GROUPED`,
+introspection's `INTROSPECT_READ`) costs the service more in the driver and the pool than in
+the database: a connection checked out, a query sent, its answer parsed, for each request.
+`ReadGroup` turns the reads that arrive while one is in flight into the next one: the requests'
+parameters travel as arrays, `unnest(...) WITH ORDINALITY` makes them rows, and the statement
+runs `LATERAL` once per row, in one round trip, one snapshot, one checkout. Each row comes back
+tagged with its request's ordinal.
 
 What a reader relies on still holds: a group is sent only after every one of its requests
 arrived, so each request's read begins after it did (a change committed before a request
 arrived is seen by its read, on any replica). A failed group fails every read in it, as the
-single read would have failed. With no read in flight, a request's read goes at once, alone:
-grouping adds no wait at low load.
+single read would have failed; so a caller groups only values the database accepts (the token
+routes bind stream ids, key hashes and token claims already checked as bindable: no NUL). With
+no read in flight, a request's read goes at once, alone: grouping adds no wait at low load.
 """
 
 from __future__ import annotations
@@ -114,13 +116,18 @@ class ReadGroup:
         self._execute = execute
         self._waiting: list[_Waiting] = []
         self._sender: asyncio.Task[None] | None = None
-        # How many groups were sent, and how many reads they carried (the bench reads these).
+        # How many groups were sent, and how many reads they carried (for tests and diagnosis).
         self.groups = 0
         self.reads = 0
 
     async def read(self, params: dict[str, Any]) -> list[Any]:
         """This request's rows, read after it arrived."""
-        waiting = _Waiting(params, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        if self._sender is not None and self._sender.get_loop() is not loop:
+            # The sender of an event loop that has stopped (the app is served again on another
+            # loop): it will never run again, and its waiters went with it.
+            self._sender, self._waiting = None, []
+        waiting = _Waiting(params, loop.create_future())
         self._waiting.append(waiting)
         if self._sender is None:
             # The groups are sent by a task of their own: a request that goes away (its client
