@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -131,20 +132,31 @@ def test_a_failure_is_sqlalchemys_operational_error(tmp_path: Path) -> None:
     engine.dispose()
 
 
-def test_postgresql_prebuilt_reads_match_sqlalchemys() -> None:
-    """The same on PostgreSQL, through psycopg's async pool (`AsyncDatabase.all`)."""
-    reachable_postgres("(the prebuilt reads on PostgreSQL)")
+@contextmanager
+def _postgres_org(why: str) -> Iterator[tuple[str, Engine, dict[str, str]]]:
+    """A migrated scratch PostgreSQL database (its URL and an engine) holding an org with the
+    stream `run:r0` and a revocation of its admin; the org as `bootstrap_org` made it."""
+    reachable_postgres(why)
     with scratch_database() as url:
         upgrade(url)
         engine = make_engine(url)
-        sessions = make_sessionmaker(engine)
-        with unit_of_work(sessions) as session:
+        with unit_of_work(make_sessionmaker(engine)) as session:
             created = bootstrap_org(session, PEPPER, "reads")
             org, admin = created["org_id"], created["principal_id"]
             session.add(Stream(id="run:r0", kind="run", org_id=org, owner_id=admin))
             session.add(
                 Revocation(org_id=org, kind="subject", value=admin, not_before=datetime.now(UTC))
             )
+        try:
+            yield url, engine, created
+        finally:
+            engine.dispose()
+
+
+def test_postgresql_prebuilt_reads_match_sqlalchemys() -> None:
+    """The same on PostgreSQL, through psycopg's async pool (`AsyncDatabase.all`)."""
+    with _postgres_org("(the prebuilt reads on PostgreSQL)") as (url, engine, created):
+        admin = created["principal_id"]
         key_hash = hash_api_key(PEPPER, created["api_key"])
         database = make_async_database(url.replace("postgresql://", "postgresql+psycopg://", 1))
         assert database is not None
@@ -171,31 +183,22 @@ def test_postgresql_prebuilt_reads_match_sqlalchemys() -> None:
                 _sqlalchemy_rows(engine, statement, params), key=repr
             )
             assert rows and rows[0].last_used_at is None and isinstance(rows[0].roles, list)
-        engine.dispose()
 
 
 def test_postgresql_grouped_reads_answer_each_request_as_its_own_read() -> None:
-    """Introspection's reads on PostgreSQL go grouped (`AsyncDatabase.grouped`): concurrent
-    reads travel as one statement, and each request still gets exactly the rows its own read
-    gives; a change committed before a read arrives is seen by it; a group the database refuses
-    fails every read in it, and the next group reads again."""
-    reachable_postgres("(the grouped reads on PostgreSQL)")
-    with scratch_database() as url:
-        upgrade(url)
-        engine = make_engine(url)
-        sessions = make_sessionmaker(engine)
-        with unit_of_work(sessions) as session:
-            created = bootstrap_org(session, PEPPER, "reads")
+    """The token route's and introspection's reads on PostgreSQL go grouped
+    (`AsyncDatabase.grouped`): concurrent reads travel as one statement, and each request still
+    gets exactly the rows its own read gives; a change committed before a read arrives is seen
+    by it; a group the database refuses fails every read in it, and the next group reads
+    again."""
+    with _postgres_org("(the grouped reads on PostgreSQL)") as (url, engine, created):
+        org, admin = created["org_id"], created["principal_id"]
+        with unit_of_work(make_sessionmaker(engine)) as session:
             other = bootstrap_org(session, PEPPER, "other")
-            org, admin = created["org_id"], created["principal_id"]
-            session.add(Stream(id="run:r0", kind="run", org_id=org, owner_id=admin))
             session.add(
                 Stream(
                     id="run:o0", kind="run", org_id=other["org_id"], owner_id=other["principal_id"]
                 )
-            )
-            session.add(
-                Revocation(org_id=org, kind="subject", value=admin, not_before=datetime.now(UTC))
             )
             session.add(
                 Revocation(org_id=org, kind="jti", value="jti-1", not_before=datetime.now(UTC))
@@ -258,4 +261,3 @@ def test_postgresql_grouped_reads_answer_each_request_as_its_own_read() -> None:
         assert reads == len(cases) and groups < reads  # the reads went together
         assert all(isinstance(outcome, DBAPIError) for outcome in outcomes), outcomes
         assert seen
-        engine.dispose()

@@ -8,9 +8,9 @@ holds none of them (or none was named); no row when the key is unknown.
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Table, Text, and_, bindparam, func, select
+from sqlalchemy import Select, Table, Text, and_, bindparam, func, select
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -41,37 +41,31 @@ _SUBJECT_FLOOR = (
     .scalar_subquery()
 )
 
-MINT_READ = caller_by_key_hash(
-    _orgs.policy_rev,
-    _SUBJECT_FLOOR.label("subject_floor"),
-    _streams.id.label("stream_id"),
-    _streams.kind.label("stream_kind"),
-    _streams.owner_id.label("stream_owner_id"),
-).outerjoin(
-    _stream_table,
-    and_(
-        _streams.org_id == _principals.org_id,
-        _streams.id.in_(bindparam("ids", expanding=True)),
-    ),
-)
 
+def _mint_read(requested_ids: Any) -> Select[Any]:
+    """The mint's read, with the org's streams among `requested_ids` joined."""
+    return caller_by_key_hash(
+        _orgs.policy_rev,
+        _SUBJECT_FLOOR.label("subject_floor"),
+        _streams.id.label("stream_id"),
+        _streams.kind.label("stream_kind"),
+        _streams.owner_id.label("stream_owner_id"),
+    ).outerjoin(
+        _stream_table,
+        and_(_streams.org_id == _principals.org_id, _streams.id.in_(requested_ids)),
+    )
+
+
+MINT_READ = _mint_read(bindparam("ids", expanding=True))
 # `MINT_READ` as PostgreSQL reads it for concurrent mints at once (`AsyncDatabase.grouped`,
 # which carries each request's parameters as one element of an array): the requested stream ids
 # travel as one parameter, a JSON array (`ids_json`). The same columns and rows.
-_REQUESTED_IDS = select(
-    func.jsonb_array_elements_text(sql_cast(bindparam("ids_json", type_=Text), JSONB))
-    .table_valued("value")
-    .c.value
-)
-MINT_READ_GROUPED = caller_by_key_hash(
-    _orgs.policy_rev,
-    _SUBJECT_FLOOR.label("subject_floor"),
-    _streams.id.label("stream_id"),
-    _streams.kind.label("stream_kind"),
-    _streams.owner_id.label("stream_owner_id"),
-).outerjoin(
-    _stream_table,
-    and_(_streams.org_id == _principals.org_id, _streams.id.in_(_REQUESTED_IDS)),
+MINT_READ_GROUPED = _mint_read(
+    select(
+        func.jsonb_array_elements_text(sql_cast(bindparam("ids_json", type_=Text), JSONB))
+        .table_valued("value")
+        .c.value
+    )
 )
 
 # The one read of an introspection by API key: the caller (the columns of
