@@ -3,6 +3,7 @@ table leaves the app and the spec, and the wheel carries its migrations."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -16,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from control.app import build_openapi, guard_for
 from control.cli import main, render_spec
-from control.kit.routing import mount_routes
+from control.kit.routing import TableRoute, mount_routes
 from control.routes import ROUTES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +39,22 @@ def test_deleting_a_route_removes_it_from_app_and_spec(
     assert main(["openapi", "export", "--path", str(stale)]) == 0
     assert main(["openapi", "check", "--path", str(stale)]) == 0
     assert stale.read_text() == render_spec()
+
+
+def test_a_direct_route_is_the_only_route_its_path_reaches() -> None:
+    """Direct routes are tried first, which answers as the table's order does only while no
+    other route can match their paths: a table where one could is refused when mounted."""
+    jwks = next(r for r in ROUTES if r.operation_id == "jwks")
+    shadow = dataclasses.replace(
+        jwks, method="POST", operation_id="jwks_shadow", direct=None, status_code=200
+    )
+    with pytest.raises(ValueError, match="only route its path can reach"):
+        mount_routes(FastAPI(), [*ROUTES, shadow], guard_for)
+    app = FastAPI()
+    mount_routes(app, ROUTES, guard_for)
+    first = [route.path for route in app.router.routes if isinstance(route, TableRoute)][:4]
+    assert set(first) == {r.path for r in ROUTES if r.direct is not None}
+    assert next(iter(build_openapi(app)["paths"])) == "/healthz"  # the spec: the table order
 
 
 def test_postgresql_urls_are_normalized() -> None:

@@ -367,9 +367,10 @@ def mount_routes(
 
 def _matching_order(mounted: list[BaseRoute]) -> list[BaseRoute]:
     """The routes in the order the router tries them: the table's, but for the direct routes
-    (the token endpoint and introspection), first. The router stops at the first route that
-    matches a request, so this answers every request as the table's order does: a direct
-    route's path has no parameters and no other route can match it (checked here)."""
+    (the hot ones: the token endpoint, introspection, the JWKS and discovery), first. The router
+    stops at the first route that matches a request, so this answers every request as the
+    table's order does: a direct route's path has no parameters and no other route can match
+    it (checked here)."""
     direct = [
         route
         for route in mounted
@@ -383,9 +384,10 @@ def _matching_order(mounted: list[BaseRoute]) -> list[BaseRoute]:
             and isinstance(other, APIRoute)
             and other.path_regex.match(route.path)
         ]
-        assert "{" not in route.path and not others, (
-            f"{route.path}: a direct route must be the only route its path can reach"
-        )
+        if "{" in route.path or others:
+            raise ValueError(
+                f"{route.path}: a direct route must be the only route its path can reach"
+            )
     return direct + [route for route in mounted if route not in direct]
 
 
