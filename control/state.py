@@ -40,8 +40,10 @@ from control.tokens.ratelimit import RateLimiter
 
 log = logging.getLogger("control.state")
 
-# How many introspected tokens a replica remembers as verified (a few MiB at most).
+# How many introspected tokens a replica remembers as verified, and the longest it remembers
+# (a token of a few streams is well under 2 KiB): about 30 MiB at most.
 INTROSPECTED_TOKENS_KEPT = 4096
+INTROSPECTED_TOKEN_MAX_BYTES = 4096
 
 
 @dataclass
@@ -72,7 +74,9 @@ class AppState:
     inline_reads: InlineReader | None = None
     # Tokens introspection has verified, so that one asked about again skips its signature.
     introspected_tokens: VerifiedTokens = field(
-        default_factory=lambda: VerifiedTokens(INTROSPECTED_TOKENS_KEPT)
+        default_factory=lambda: VerifiedTokens(
+            INTROSPECTED_TOKENS_KEPT, max_token_bytes=INTROSPECTED_TOKEN_MAX_BYTES
+        )
     )
 
     def __post_init__(self) -> None:

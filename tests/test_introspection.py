@@ -120,3 +120,15 @@ def test_a_remembered_token_still_expires(state: AppState, org_a: OrgFixture) ->
     # The claims handed out are the caller's own: changing them changes no later answer.
     claims["grants"].clear()
     assert remembered.claims(token, lambda kid: None, leeway=0, **judge)["grants"]
+
+
+def test_a_token_past_the_size_bound_is_not_remembered(state: AppState, org_a: OrgFixture) -> None:
+    _member, _service, token = _world(org_a)
+    keys, settings = state.keyring.snapshot, state.settings
+    judge = {"issuer": settings.issuer, "audience": settings.audience, "leeway": 0}
+    bounded = VerifiedTokens(2, max_token_bytes=len(token) - 1)
+    assert bounded.claims(token, keys.verification_keys.get, **judge)["sub"]
+    assert len(bounded) == 0  # verified, answered, not kept
+    roomy = VerifiedTokens(2, max_token_bytes=len(token))
+    roomy.claims(token, keys.verification_keys.get, **judge)
+    assert len(roomy) == 1

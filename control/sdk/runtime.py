@@ -472,14 +472,15 @@ class _FetchNeeded(Exception):
 class VerifiedTokens:
     """Tokens that verified, by their exact text: a token presented again skips its signature
     check, the costliest step of verifying it, but never its expiry. Thread-safe; at most `size`
-    tokens, the oldest dropped first. Only tokens that verified are kept, so what fills it is
-    tokens the issuer signed.
+    tokens, the oldest dropped first, and none longer than `max_token_bytes` when it is given.
+    Only tokens that verified are kept, so what fills it is tokens the issuer signed.
 
     Each entry holds the claims' JSON text, not the claims: every call hands out claims of its
     own, which the caller may change freely, and the cache stays small."""
 
-    def __init__(self, size: int = 10_000) -> None:
+    def __init__(self, size: int = 10_000, max_token_bytes: int | None = None) -> None:
         self._size = size
+        self._max_token_bytes = max_token_bytes
         # token -> (exp, kid, the claims' JSON text)
         self._entries: dict[str, tuple[int, str, bytes]] = {}
         # Writes only: eviction iterates the entries, which no other thread may change
@@ -509,6 +510,8 @@ class VerifiedTokens:
         verified = _verify(
             token, find_key, issuer=issuer, audience=audience, leeway=leeway, now=None
         )
+        if self._max_token_bytes is not None and len(token) > self._max_token_bytes:
+            return verified.claims
         with self._lock:
             self._entries[token] = (verified.claims["exp"], verified.kid, verified.payload)
             if len(self._entries) > self._size:  # the oldest goes first
