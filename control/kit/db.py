@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-from collections import namedtuple
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeDecorator
 
-from control.kit.readgroup import ReadGroup, group_statement
+from control.kit.readgroup import ReadGroup, RowReader, group_statement
 
 # Named constraints keep Alembic's diffs stable and identical on SQLite and PostgreSQL.
 NAMING_CONVENTION = {
@@ -219,8 +218,7 @@ class _Prebuilt:
     # parameter's slot, or a constant of the statement.
     positional: tuple[Any, ...] | None
     named: dict[str, Any]
-    processors: tuple[Any, ...]
-    row: type[Any]
+    reader: RowReader
 
     def parameters(self, params: dict[str, Any]) -> Any:
         if self.positional is not None:
@@ -228,16 +226,8 @@ class _Prebuilt:
         return {k: v.value(params) if isinstance(v, _Slot) else v for k, v in self.named.items()}
 
     def rows(self, fetched: list[Any]) -> list[Any]:
-        processors, row = self.processors, self.row
-        return [
-            row(
-                *[
-                    value if p is None else p(value)
-                    for p, value in zip(processors, raw, strict=True)
-                ]
-            )
-            for raw in fetched
-        ]
+        reader = self.reader
+        return [reader(raw) for raw in fetched]
 
 
 class PrebuiltReads:
@@ -275,12 +265,8 @@ class PrebuiltReads:
             if expanded.positiontup is not None
             else None
         )
-        columns = list(statement.selected_columns)
-        processors = tuple(
-            column.type._cached_result_processor(self.dialect, None) for column in columns
-        )
-        row = namedtuple("Row", [column.key for column in columns])  # type: ignore[misc]
-        return _Prebuilt(expanded.statement, positional, dict(bound), processors, row)
+        reader = RowReader.of(statement, self.dialect)
+        return _Prebuilt(expanded.statement, positional, dict(bound), reader)
 
 
 class InlineReader:

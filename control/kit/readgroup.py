@@ -36,6 +36,33 @@ _BATCH = "batch"
 
 
 @dataclass(frozen=True)
+class RowReader:
+    """How to read a statement's rows fetched on the driver's own connection so that they are
+    the rows SQLAlchemy would give: each column's result processor (datetimes, JSON, booleans),
+    and a row type with the columns' names."""
+
+    processors: tuple[Any, ...]
+    row: type[Any]
+
+    @classmethod
+    def of(cls, statement: Any, dialect: Any) -> RowReader:
+        columns = list(statement.selected_columns)
+        processors = tuple(
+            column.type._cached_result_processor(dialect, None) for column in columns
+        )
+        row = namedtuple("Row", [column.key for column in columns])  # type: ignore[misc]
+        return cls(processors, row)
+
+    def __call__(self, raw: Any) -> Any:
+        return self.row(
+            *[
+                value if p is None else p(value)
+                for p, value in zip(self.processors, raw, strict=True)
+            ]
+        )
+
+
+@dataclass(frozen=True)
 class GroupedStatement:
     """A statement rewritten to read for many requests at once: its SQL, the scalar
     parameters it takes per request (`names`, each sent as an array `<name>_batch`), its
@@ -44,8 +71,7 @@ class GroupedStatement:
     sql: str
     names: tuple[str, ...]
     constants: dict[str, Any]
-    processors: tuple[Any, ...]
-    row: type[Any]
+    reader: RowReader
 
     def parameters(self, group: list[dict[str, Any]]) -> dict[str, Any]:
         arrays = {f"{name}_{_BATCH}": [params[name] for params in group] for name in self.names}
@@ -54,11 +80,9 @@ class GroupedStatement:
     def rows_by_request(self, fetched: list[Any], size: int) -> list[list[Any]]:
         """The rows of each of the group's `size` requests, in the group's order."""
         answers: list[list[Any]] = [[] for _ in range(size)]
-        processors, row = self.processors, self.row
+        reader = self.reader
         for ordinal, *values in fetched:
-            answers[ordinal - 1].append(
-                row(*[v if p is None else p(v) for p, v in zip(processors, values, strict=True)])
-            )
+            answers[ordinal - 1].append(reader(values))
         return answers
 
 
@@ -91,10 +115,7 @@ def group_statement(statement: Any, dialect: Any) -> GroupedStatement:
         for key, value in compiled.construct_params(_check=False).items()
         if key not in arrays
     }
-    columns = list(statement.selected_columns)
-    processors = tuple(column.type._cached_result_processor(dialect, None) for column in columns)
-    row = namedtuple("Row", [column.key for column in columns])  # type: ignore[misc]
-    return GroupedStatement(compiled.string, names, constants, processors, row)
+    return GroupedStatement(compiled.string, names, constants, RowReader.of(statement, dialect))
 
 
 # Runs a grouped statement's SQL with its parameters: the fetched rows.
