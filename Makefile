@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint typecheck imports-check migrations-check openapi-check catalog-check pytest module-test clients-test bench soak clean
+.PHONY: run test checks install lint typecheck imports-check migrations-check openapi-check catalog-check pytest module-test clients-test bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,24 @@ PORT ?= 8080
 run: install
 	CONTROL_ISSUER="$${CONTROL_ISSUER:-http://127.0.0.1:$(PORT)}" $(BIN)/control serve --host 127.0.0.1 --port $(PORT)
 
-test: install lint typecheck imports-check migrations-check openapi-check catalog-check module-test clients-test pytest
+# `make test`: the quick checks first (a lint or type error fails in seconds), then pytest with
+# the TypeScript suites beside it. Those mostly wait (npm, a control plane they stop and start,
+# token lifetimes), so they use the time pytest's workers leave idle; their output is held until
+# pytest ends, then printed, and either failing fails the run.
+CHECKS := lint typecheck imports-check migrations-check openapi-check catalog-check
+NODE_SUITES := module-test clients-test
+
+test: install browser-deps $(CHECKS)
+	@log=$$(mktemp); trap 'rm -f "$$log"' EXIT; \
+	$(MAKE) --no-print-directory -k $(NODE_SUITES) >"$$log" 2>&1 & node=$$!; \
+	$(MAKE) --no-print-directory pytest; tests=$$?; \
+	wait $$node; nodes=$$?; \
+	echo "--- $(NODE_SUITES), run beside pytest:"; cat "$$log"; \
+	if [ $$nodes -ne 0 ]; then echo "make test: $(NODE_SUITES) failed (just above)"; fi; \
+	if [ $$tests -ne 0 ]; then echo "make test: pytest failed (above)"; fi; \
+	exit $$(( tests || nodes ))
+
+checks: $(CHECKS) $(NODE_SUITES)
 
 lint: install
 	$(BIN)/ruff format --check .

@@ -269,7 +269,7 @@ def serving(database_url: str, workdir: Path, **settings: str) -> Iterator[Serve
 def make_world(server: Server, streams: int, allow: bool = True) -> World:
     """Bootstrap an org; a member with a key; a query set; `streams` run streams; one rule
     allowing members every run stream of the org, all through the HTTP API."""
-    boot = server.control("admin", "bootstrap", "--org", "bench")
+    boot = server.bootstrap("bench")
     port = int(server.base_url.rsplit(":", 1)[1])
     http = httpx.Client(base_url=server.base_url, timeout=30)
     world = World(

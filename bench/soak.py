@@ -118,7 +118,7 @@ class World:
 
 def setup(server: Server) -> World:
     http = httpx.Client(base_url=server.base_url, timeout=TIMEOUT)
-    boot = server.control("admin", "bootstrap", "--org", "soak")
+    boot = server.bootstrap("soak")
     org = OrgFixture(boot["org_id"], boot["principal_id"], Api(http, boot["api_key"]), http)
     members = [org.principal(f"member-{i}") for i in range(MEMBERS)]
     org.query_set("run_events", ["run"], ["SELECT * FROM run_event_view"])

@@ -40,17 +40,12 @@ def postgres_database() -> Iterator[str]:
         yield url
 
 
-def migrate(database_url: str) -> None:
-    env = server_env(database_url, free_port())
-    subprocess.run([str(BIN / "control"), "db", "upgrade"], env=env, check=True)
-
-
 @contextmanager
 def replicas(
     database_url: str, workdir: Path, ports: Sequence[int | None], **settings: str
 ) -> Iterator[list[Server]]:
     """Replicas on a migrated database, started together: `tests.server`'s `running_server`
-    without its (no-op, once migrated) `control db upgrade`, which costs seconds a start."""
+    without its (no-op, once migrated) upgrade."""
     servers: list[Server] = []
     try:
         for wanted in ports:
@@ -109,7 +104,7 @@ class World:
 
 def make_world(server: Server, org: str = "acme") -> World:
     with httpx.Client(base_url=server.base_url, timeout=TIMEOUT) as http:
-        boot = server.control("admin", "bootstrap", "--org", org)
+        boot = server.bootstrap(org)
         fixture = OrgFixture(boot["org_id"], boot["principal_id"], Api(http, boot["api_key"]), http)
         alice = fixture.principal("alice")
         service = fixture.principal("runtime", kind="service")

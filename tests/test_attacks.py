@@ -169,7 +169,7 @@ def server(fresh_database_url: str, tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.fixture(scope="module")
 def world(server: Server, fresh_database_url: str) -> Iterator[World]:
     http = httpx.Client(base_url=server.base_url)
-    boot = server.control("admin", "bootstrap", "--org", "acme")
+    boot = server.bootstrap("acme")
     org = OrgFixture(boot["org_id"], boot["principal_id"], Api(http, boot["api_key"]), http)
     alice = org.principal("alice")
     service = org.principal("runtime", kind="service")

@@ -47,6 +47,7 @@ def _browser_present() -> None:
 
 
 webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
@@ -95,7 +96,10 @@ class Console:
         self.driver.get(self.base_url + path)
 
     def wait_for(self, css: str, text: str | None = None, timeout: float = 15) -> None:
-        wait = WebDriverWait(self.driver, timeout)
+        # A page still loading can refuse a look at an element it is replacing (a stale
+        # element, or Chromium's "node does not belong to the document"): look again, until
+        # the timeout says the page never showed it.
+        wait = WebDriverWait(self.driver, timeout, ignored_exceptions=(WebDriverException,))
         if text is None:
             wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, css)))
         else:
@@ -151,8 +155,8 @@ class Console:
 
 
 def test_an_admins_session_end_to_end(server: Server, driver: WebDriver) -> None:
-    acme = server.control("admin", "bootstrap", "--org", "acme")
-    globex = server.control("admin", "bootstrap", "--org", "globex")
+    acme = server.bootstrap("acme")
+    globex = server.bootstrap("globex")
     console = Console(driver, server.base_url)
 
     # Sign in: the sign-in page, then the principals page.

@@ -59,9 +59,7 @@ def test_a_replica_that_cannot_load_its_keys_stops_signing_and_recovers(tmp_path
 
 
 def _scenario(server: Server, database: str, role: str) -> None:
-    admin = {
-        "Authorization": f"Bearer {server.control('admin', 'bootstrap', '--org', 'a')['api_key']}"
-    }
+    admin = {"Authorization": f"Bearer {server.bootstrap('a')['api_key']}"}
     base = server.base_url
 
     def call(method: str, path: str, body: Any = None, key: dict[str, str] = admin) -> Any:

@@ -44,7 +44,7 @@ def other_idp() -> Iterator[IdentityProvider]:
 
 def make_org(server: Server, name: str) -> OrgFixture:
     http = httpx.Client(base_url=server.base_url)
-    boot = server.control("admin", "bootstrap", "--org", name)
+    boot = server.bootstrap(name)
     return OrgFixture(boot["org_id"], boot["principal_id"], Api(http, boot["api_key"]), http)
 
 

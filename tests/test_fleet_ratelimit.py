@@ -20,8 +20,8 @@ from control.kit.db import utcnow
 from control.tokens import replicas as membership
 from control.tokens.models import ReplicaHeartbeat
 from control.tokens.ratelimit import RateLimiter
-from tests.fleet import Outcome, World, make_world, migrate, mint_until, postgres_database, replicas
-from tests.server import Server
+from tests.fleet import Outcome, World, make_world, mint_until, postgres_database, replicas
+from tests.server import Server, migrate
 
 RATE = 5.0
 BURST = 10

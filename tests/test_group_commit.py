@@ -40,7 +40,7 @@ from control.state import AppState
 from tests.factories import Api, OrgFixture
 from tests.fleet import TIMEOUT, bearer
 from tests.pg import reachable_postgres, scratch_database
-from tests.server import running_server
+from tests.server import Server, running_server
 
 POISON = "test.poison"
 # What the module's catalog opens for run_events@1.
@@ -350,10 +350,10 @@ def killable_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterato
         yield url
 
 
-def member_of_new_org(base_url: str, control: Any) -> str:
+def member_of_new_org(server: Server) -> str:
     """An org with a member allowed one stream; the member's API key."""
-    with httpx.Client(base_url=base_url, timeout=TIMEOUT) as http:
-        boot = control("admin", "bootstrap", "--org", "killed")
+    with httpx.Client(base_url=server.base_url, timeout=TIMEOUT) as http:
+        boot = server.bootstrap("killed")
         org = OrgFixture(boot["org_id"], boot["principal_id"], Api(http, boot["api_key"]), http)
         alice = org.principal("alice")
         org.query_set("run_events", ["run"], RUN_EVENTS_QUERIES)
@@ -368,7 +368,7 @@ def test_sigkill_mid_batch_loses_no_answered_mint(killable_database: str, tmp_pa
     lock = threading.Lock()
     stop = threading.Event()
     with running_server(killable_database, tmp_path) as server:
-        alice_key = member_of_new_org(server.base_url, server.control)
+        alice_key = member_of_new_org(server)
 
         def minter() -> None:
             with httpx.Client(base_url=server.base_url, timeout=TIMEOUT) as http:

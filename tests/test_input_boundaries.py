@@ -170,7 +170,7 @@ def server(fresh_database_url: str, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def test_real_server_answers_413_to_a_chunked_body_over_the_limit(server: Server) -> None:
-    boot = server.control("admin", "bootstrap", "--org", "acme")
+    boot = server.bootstrap("acme")
     headers = {"authorization": f"Bearer {boot['api_key']}", "content-type": "application/json"}
     with httpx.Client(base_url=server.base_url, timeout=10) as http:
         for path in ("/api/admin/principals", "/api/sync/token", "/api/admin/query-sets"):

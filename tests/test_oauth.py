@@ -175,7 +175,7 @@ def server(fresh_database_url: str, tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.fixture(scope="module")
 def served(server: Server, idp: IdentityProvider) -> dict[str, Any]:
     http = httpx.Client(base_url=server.base_url)
-    boot = server.control("admin", "bootstrap", "--org", "oauth-e2e")
+    boot = server.bootstrap("oauth-e2e")
     org = OrgFixture(boot["org_id"], boot["principal_id"], Api(http, boot["api_key"]), http)
     alice = new_client(org, "alice")
     org.query_set("run_events", ["run"])

@@ -200,7 +200,7 @@ def private_key_material(database_url: str) -> dict[str, str]:
 
 
 def scripted_run(server: Server, database_url: str) -> Run:
-    boot = server.control("admin", "bootstrap", "--org", "acme")
+    boot = server.bootstrap("acme")
     org, admin_id, admin_key = boot["org_id"], boot["principal_id"], boot["api_key"]
     admin = (org, admin_id)
     s = Script(server.base_url)
@@ -916,7 +916,7 @@ def test_traces_are_exported_when_the_environment_asks(
         monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
         monkeypatch.setenv("OTEL_SERVICE_NAME", "control-under-test")
         with running_server(f"sqlite:///{tmp_path}/control.db", tmp_path) as server:
-            boot = server.control("admin", "bootstrap", "--org", "traced")
+            boot = server.bootstrap("traced")
             http = httpx.Client(base_url=server.base_url, timeout=30)
             admin = {"Authorization": f"Bearer {boot['api_key']}"}
 

@@ -126,7 +126,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         assert plane.server is not None
         orgs = []
         for name in ("acme", "globex"):
-            boot = plane.server.control("admin", "bootstrap", "--org", name)
+            boot = plane.server.bootstrap(name)
             org = OrgFixture(boot["org_id"], boot["principal_id"], Api(http, boot["api_key"]), http)
             org.query_set("run_events", ["run"], ["SELECT * FROM run_event_view"])
             orgs.append(org)

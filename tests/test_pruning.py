@@ -164,7 +164,7 @@ def test_pruning_under_concurrent_minting(served_database: str, tmp_path: Path) 
     settings = {"prune_interval_seconds": "0.5", "prune_batch": "500"}
     with running_server(served_database, tmp_path, **settings) as server:
         with httpx.Client(base_url=server.base_url, timeout=TIMEOUT) as http:
-            boot = server.control("admin", "bootstrap", "--org", "pruned")
+            boot = server.bootstrap("pruned")
             org = OrgFixture(boot["org_id"], boot["principal_id"], Api(http, boot["api_key"]), http)
             alice = org.principal("alice")
             org.query_set("run_events", ["run"], RUN_EVENTS_QUERIES)

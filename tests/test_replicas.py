@@ -29,7 +29,6 @@ from tests.fleet import (
     check_key_rows,
     introspect,
     make_world,
-    migrate,
     mint,
     mint_jtis,
     mint_until,
@@ -37,7 +36,7 @@ from tests.fleet import (
     published_kids,
     replicas,
 )
-from tests.server import Server, free_port
+from tests.server import Server, free_port, migrate
 
 pytestmark = pytest.mark.e2e
 

@@ -19,9 +19,9 @@ import pytest
 
 from control.spacetime.delivery import CONTROL_PLANE_SUBJECT
 from control.tokens.spacetime_identity import spacetimedb_identity
-from harness.server import Server, free_port, running_server
+from harness.server import Server, free_port, migrate, running_server
 from harness.spacetime_standin import SpacetimeStandIn
-from tests.fleet import migrate, postgres_database, replicas
+from tests.fleet import postgres_database, replicas
 
 pytestmark = pytest.mark.e2e
 
@@ -91,7 +91,7 @@ def plane(database_url: str, workdir: Path, port: int | None = None) -> Iterator
             database_url, workdir, port, spacetimedb_url=standin.url, **SETTINGS
         ) as server:
             # The database is shared by this module's tests: each has an org of its own.
-            boot = server.control("admin", "bootstrap", "--org", f"acme-{secrets.token_hex(4)}")
+            boot = server.bootstrap(f"acme-{secrets.token_hex(4)}")
             headers = {"Authorization": f"Bearer {boot['api_key']}"}
             with httpx.Client(base_url=server.base_url, headers=headers, timeout=30) as admin:
                 yield Plane(server, standin, admin, boot["org_id"])
@@ -187,7 +187,7 @@ def test_two_replicas_deliver_every_entry_to_every_database(tmp_path: Path) -> N
             # Both replicas sign as one issuer, as a fleet does behind one name.
             settings = {**SETTINGS, "spacetimedb_url": standin.url, "issuer": issuer}
             with replicas(url, tmp_path, ports, **settings) as (a, b):
-                boot = a.control("admin", "bootstrap", "--org", "acme")
+                boot = a.bootstrap("acme")
                 headers = {"Authorization": f"Bearer {boot['api_key']}"}
                 subjects: list[str] = []
                 clients = [

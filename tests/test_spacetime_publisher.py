@@ -43,7 +43,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     with SpacetimeStandIn.running(f"http://127.0.0.1:{port}") as standin:
         standin.add_database(DATABASE)
         with running_server(f"sqlite:///{workdir}/control.db", workdir, port) as server:
-            boot = server.control("admin", "bootstrap", "--org", "acme")
+            boot = server.bootstrap("acme")
             headers = {"Authorization": f"Bearer {boot['api_key']}"}
             with httpx.Client(base_url=server.base_url, headers=headers, timeout=30) as admin:
 
