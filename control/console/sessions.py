@@ -24,6 +24,7 @@ from control.console.models import ConsoleSession
 from control.identity.authority import ADMIN_ROLE, OPERATOR_ROLE
 from control.identity.caller import Caller, effective_roles
 from control.identity.models import Credential, Org, Principal
+from control.identity.repository import PRINCIPAL_COLUMNS
 from control.kit.db import utcnow
 from control.settings import Settings
 
@@ -52,12 +53,7 @@ SESSION_CALLER = (
         _credentials.id.label("credential_id"),
         _credentials.revoked_at,
         _credentials.expires_at.label("credential_expires_at"),
-        _principals.id.label("principal_id"),
-        _principals.org_id,
-        _principals.kind,
-        _principals.roles,
-        _principals.disabled,
-        _orgs.is_operator,
+        *PRINCIPAL_COLUMNS,
     )
     .join_from(
         cast(Table, ConsoleSession.__table__),

@@ -20,7 +20,7 @@ UpstreamAlg = Literal[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"
 ]
 
-_ISSUER: dict[str, Any] = {
+ISSUER_EXAMPLE: dict[str, Any] = {
     "issuer": "https://login.example.com",
     "audiences": ["control"],
     "default_roles": ["member"],
@@ -63,7 +63,7 @@ class TrustedIssuerBody(RequestBody):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
-                _ISSUER,
+                ISSUER_EXAMPLE,
                 {"issuer": "https://idp.example.org/realms/acme", "audiences": ["control-web"]},
             ]
         }
@@ -96,7 +96,7 @@ class TrustedIssuerOut(ResponseBody):
         json_schema_extra={
             "examples": [
                 {
-                    **_ISSUER,
+                    **ISSUER_EXAMPLE,
                     "id": "tis_01JV6M6F3G8J2K5M9N4P7Q1R6S",
                     "org_id": "org_01JV6M2Q8X4T0R7C5N3B9D1F6H",
                     "created_at": "2026-05-04T09:12:41.538204Z",

@@ -17,20 +17,25 @@ _credential_table, _principal_table, _org_table = (
 )
 _credentials, _principals, _orgs = _credential_table.c, _principal_table.c, _org_table.c
 
-# The columns of an API key's caller, as every read that authenticates one selects them (the
-# row `control.identity.service.caller_of_row` reads): its credential, principal and whether its org
-# is the operator org.
-CALLER_COLUMNS = (
-    _credentials.id,
-    _credentials.revoked_at,
-    _credentials.expires_at,
-    _credentials.last_used_at,
+# What a caller is made of beyond its credential: its principal and whether its org is the
+# operator org (the console's session read selects them too).
+PRINCIPAL_COLUMNS = (
     _principals.id.label("principal_id"),
     _principals.org_id,
     _principals.kind,
     _principals.roles,
     _principals.disabled,
     _orgs.is_operator,
+)
+
+# The columns of an API key's caller, as every read that authenticates one selects them (the
+# row `control.identity.service.caller_of_row` reads): its credential, then `PRINCIPAL_COLUMNS`.
+CALLER_COLUMNS = (
+    _credentials.id,
+    _credentials.revoked_at,
+    _credentials.expires_at,
+    _credentials.last_used_at,
+    *PRINCIPAL_COLUMNS,
 )
 
 

@@ -4,7 +4,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from control.federation.schemas import TrustedIssuerBody
+from control.federation.schemas import ISSUER_EXAMPLE, TrustedIssuerBody
 from control.kit.schemas import RequestBody
 from control.policy.schemas import ADA_ID, GrantRuleCreate, QuerySetCreate, StreamCreate
 
@@ -30,16 +30,7 @@ _DOCUMENT: dict[str, Any] = {
             "description": "Members read their own runs",
         }
     ],
-    "trusted_issuers": [
-        {
-            "issuer": "https://login.example.com",
-            "audiences": ["control"],
-            "default_roles": ["member"],
-            "role_claim": "groups",
-            "role_map": {"support-team": ["support"]},
-            "algorithms": ["ES256", "RS256"],
-        }
-    ],
+    "trusted_issuers": [ISSUER_EXAMPLE],
 }
 
 
