@@ -145,6 +145,8 @@ class Settings(BaseSettings):
     # either unset means no push (the outbox still records every revocation).
     spacetimedb_url: str | None = None
     spacetimedb_databases: str | None = None
+    # How long one reducer call may take before it counts as failed and is retried.
+    spacetimedb_timeout_seconds: float = Field(5.0, gt=0, le=300)
     # The query-set catalog of the module those databases run (the shape of
     # `module/src/catalog.json`): only query sets it serves can be defined. Unset, the reference
     # module's catalog shipped in the package.

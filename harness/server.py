@@ -58,19 +58,8 @@ class Server:
     log_path: Path
 
     def bootstrap(self, org: str) -> dict[str, Any]:
-        """What `control admin bootstrap --org ORG` prints, done in this process against the
-        server's database: the same service call and commit, without starting a process (about
-        a second of CPU each, which the suite would spend dozens of times)."""
-        from control.identity.service import bootstrap_org
-        from control.kit.db import make_engine, make_sessionmaker, unit_of_work
-
-        settings = _settings(self.env["CONTROL_DATABASE_URL"])
-        engine = make_engine(settings.sqlalchemy_url)
-        try:
-            with unit_of_work(make_sessionmaker(engine)) as session:
-                return bootstrap_org(session, settings.credential_pepper_bytes(), org)
-        finally:
-            engine.dispose()
+        """`bootstrap` against this server's database."""
+        return bootstrap(self.env["CONTROL_DATABASE_URL"], org)
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -110,6 +99,22 @@ def _settings(database_url: str) -> Settings:
         key_encryption_key=KEK,
         credential_pepper=PEPPER,
     )
+
+
+def bootstrap(database_url: str, org: str) -> dict[str, Any]:
+    """What `control admin bootstrap --org ORG` prints, done in this process against a migrated
+    database: the same service call and commit, without starting a process (about a second of
+    CPU each, which the suite would spend dozens of times). The first org is the operator org."""
+    from control.identity.service import bootstrap_org
+    from control.kit.db import make_engine, make_sessionmaker, unit_of_work
+
+    settings = _settings(database_url)
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        with unit_of_work(make_sessionmaker(engine)) as session:
+            return bootstrap_org(session, settings.credential_pepper_bytes(), org)
+    finally:
+        engine.dispose()
 
 
 def migrate(database_url: str) -> None:

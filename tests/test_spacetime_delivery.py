@@ -19,7 +19,7 @@ import pytest
 
 from control.spacetime.delivery import CONTROL_PLANE_SUBJECT
 from control.tokens.spacetime_identity import spacetimedb_identity
-from harness.server import Server, free_port, migrate, running_server
+from harness.server import Server, bootstrap, free_port, migrate, running_server
 from harness.spacetime_standin import SpacetimeStandIn
 from tests.fleet import postgres_database, replicas
 
@@ -27,7 +27,13 @@ pytestmark = pytest.mark.e2e
 
 DATABASES = ("alpha", "beta")
 # Replicas beat every half second, so a crashed replica's lease passes on within 1.5 s.
-SETTINGS = {"replica_heartbeat_seconds": "0.5", "spacetimedb_databases": ",".join(DATABASES)}
+SETTINGS = {
+    "replica_heartbeat_seconds": "0.5",
+    "spacetimedb_databases": ",".join(DATABASES),
+    # Shorter than the stand-in's hangs below, so a hung call times out sooner than the
+    # default 5 s would.
+    "spacetimedb_timeout_seconds": "2",
+}
 # Bounds, not timings: how long a test waits before it calls a push lost.
 DELIVERY_BOUND = 30.0
 
@@ -97,8 +103,17 @@ def plane(database_url: str, workdir: Path, port: int | None = None) -> Iterator
                 yield Plane(server, standin, admin, boot["org_id"])
 
 
-def test_a_revocation_reaches_every_database(fresh_database_url: str, tmp_path: Path) -> None:
-    # The first test on its database: its org is the operator org, which may read the status.
+@pytest.fixture(scope="module")
+def operator(fresh_database_url: str) -> dict[str, str]:
+    """The headers of the operator org's admin: the first org of the module's database, made
+    before any test's own (whichever runs first), so no test's org is the operator org."""
+    migrate(fresh_database_url)
+    return {"Authorization": f"Bearer {bootstrap(fresh_database_url, 'operator')['api_key']}"}
+
+
+def test_a_revocation_reaches_every_database(
+    fresh_database_url: str, operator: dict[str, str], tmp_path: Path
+) -> None:
     with plane(fresh_database_url, tmp_path) as p:
         ada = p.principal("ada")
         p.revoke(ada)
@@ -109,10 +124,7 @@ def test_a_revocation_reaches_every_database(fresh_database_url: str, tmp_path: 
         assert {c.reducer for c in calls} == {"revoke_subject"}
         assert {c.identity for c in calls} == {identity}
         status = wait_for(
-            lambda: (
-                (s := p.admin.get("/api/admin/spacetimedb").json())["databases"][0]["backlog"] == 0
-                and s
-            ),
+            lambda: (s := status_of(p, operator))["databases"][0]["backlog"] == 0 and s,
             "an empty backlog",
         )
         assert status["push"] is True and status["identity"] == identity
@@ -123,7 +135,16 @@ def test_a_revocation_reaches_every_database(fresh_database_url: str, tmp_path: 
         assert "SpacetimeDB push is on" in p.server.log()
 
 
-def test_delivery_rides_out_500s_and_a_hang(fresh_database_url: str, tmp_path: Path) -> None:
+def status_of(p: Plane, operator: dict[str, str]) -> dict[str, Any]:
+    """`GET /api/admin/spacetimedb`, as the operator."""
+    answer = httpx.get(f"{p.server.base_url}/api/admin/spacetimedb", headers=operator)
+    assert answer.status_code == 200, answer.text
+    return dict(answer.json())
+
+
+def test_delivery_rides_out_500s_and_a_hang(
+    fresh_database_url: str, operator: dict[str, str], tmp_path: Path
+) -> None:
     with plane(fresh_database_url, tmp_path) as p:
         ada, bob, cy = p.principal("ada"), p.principal("bob"), p.principal("cy")
         # This org is not the operator org: the outbox spans every org, so its status is not
@@ -137,8 +158,9 @@ def test_delivery_rides_out_500s_and_a_hang(fresh_database_url: str, tmp_path: P
         p.standin.fail(1, 500, after_apply=True)
         p.revoke(bob)
         wait_for(lambda: delivered_everywhere(p.standin, p.org_id, [bob]), "the push after 500")
-        # Longer than the deliverer's 5 s timeout: the call times out, and is made again.
-        p.standin.hang(6.0)
+        # Longer than the deliverer's timeout (CONTROL_SPACETIMEDB_TIMEOUT_SECONDS, 2 s here):
+        # the call times out, and is made again.
+        p.standin.hang(3.5)
         p.revoke(cy)
         wait_for(lambda: "failed (timeout)" in p.server.log(), "a timed-out attempt")
         p.standin.hang(0)
@@ -148,7 +170,7 @@ def test_delivery_rides_out_500s_and_a_hang(fresh_database_url: str, tmp_path: P
 
 
 def test_a_replica_that_dies_mid_delivery_loses_nothing(
-    fresh_database_url: str, tmp_path: Path
+    fresh_database_url: str, operator: dict[str, str], tmp_path: Path
 ) -> None:
     port = free_port()
     with plane(fresh_database_url, tmp_path, port) as p:

@@ -33,8 +33,9 @@ from control.settings import Settings
 from control.spacetime.delivery import status as delivery_status
 from control.state import AppState
 
-# How long a replica trusts its last look at the database's schema revision: long enough that a
-# probe every second costs one query in five, short enough that an upgrade shows at once.
+# How long a replica trusts its last look at the database's schema revision while that look
+# found it ready: long enough that a probe every second costs one query in five. A replica whose
+# schema is behind looks again at every probe, so it is ready at the first one after the upgrade.
 SCHEMA_CHECK_SECONDS = 5.0
 # Seconds an orchestrator or client should wait before asking again.
 NOT_READY_RETRY = 5
@@ -147,7 +148,7 @@ class SchemaCheck:
         with self._lock:
             cached = self._cached
             if cached is not None and now - cached[0] < SCHEMA_CHECK_SECONDS:
-                return cached[1], cached[2]
+                return cached[1], cached[2]  # never `behind`: that verdict is not kept
             heads = self._load_script()
         revisions = set(MigrationContext.configure(connection).get_current_heads())
         if revisions and revisions <= heads:
@@ -160,7 +161,7 @@ class SchemaCheck:
             verdict = "behind"
         revision = ",".join(sorted(revisions)) or None
         with self._lock:
-            self._cached = (now, verdict, revision)
+            self._cached = (now, verdict, revision) if verdict != "behind" else None
         return verdict, revision
 
 

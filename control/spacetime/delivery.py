@@ -57,10 +57,10 @@ OUTBOX_RETENTION = timedelta(days=1)
 
 @dataclass(frozen=True)
 class Tuning:
-    """How the deliverer paces itself (tests shorten these)."""
+    """How the deliverer paces itself (tests shorten these). A call's timeout is a setting,
+    `CONTROL_SPACETIMEDB_TIMEOUT_SECONDS`."""
 
     poll_seconds: float = 1.0
-    timeout_seconds: float = 5.0
     lease_seconds: float = 30.0
     batch: int = 50
     backoff_base_seconds: float = 0.5
@@ -132,7 +132,7 @@ class Deliverer:
         self.targets = settings.spacetimedb_targets()
         self.base_url = settings.spacetimedb_url or ""
         self._client = client or httpx.Client(
-            timeout=self.tuning.timeout_seconds, follow_redirects=False
+            timeout=settings.spacetimedb_timeout_seconds, follow_redirects=False
         )
         self._token: tuple[str, float] | None = None
         # A lease whose holder stopped beating passes on at once (a replica that crashed
