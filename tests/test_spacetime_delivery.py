@@ -105,8 +105,10 @@ def plane(database_url: str, workdir: Path, port: int | None = None) -> Iterator
 
 @pytest.fixture(scope="module")
 def operator(fresh_database_url: str) -> dict[str, str]:
-    """The headers of the operator org's admin: the first org of the module's database, made
-    before any test's own (whichever runs first), so no test's org is the operator org."""
+    """The headers of the operator org's admin: the first org of the module's database. Every
+    test here that serves `fresh_database_url` asks for it, even one that never reads the
+    status, so it is made before any test's own org whichever test runs first, and no test's
+    org is the operator org."""
     migrate(fresh_database_url)
     return {"Authorization": f"Bearer {bootstrap(fresh_database_url, 'operator')['api_key']}"}
 
