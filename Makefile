@@ -66,22 +66,30 @@ module-test:
 
 # The TypeScript client: its tests run a real `control serve` from the virtualenv.
 clients-test: install
-	@bash scripts/clients_test.sh
+	@$(TEST_ENV) bash scripts/clients_test.sh
 
-# pytest-xdist workers: two keep both cores of the reference machine busy (the suite is mostly
-# CPU: the app, the fuzzer, the servers it starts); `PYTEST_WORKERS=0` runs in one process.
+# pytest-xdist workers: three on the reference machine's two cores. The suite is mostly CPU (the
+# app, the fuzzer, the servers it starts), but about a fifth of two workers' time is spent
+# waiting (a server starting, a retry's backoff, a token expiring), which the third fills;
+# `PYTEST_WORKERS=0` runs in one process.
 # `loadgroup`: tests sharing a module's real server stay on one worker (see tests/conftest.py).
 # Coverage data goes to a directory of this run's own: several runs in one checkout would
 # otherwise erase and combine each other's worker and subprocess data files.
 # Coverage's tracer is most of a third of the suite's time on CPython 3.11: `PYTEST_COV=` runs
-# the tests without it, for a quicker local run that checks no coverage floor.
-PYTEST_WORKERS ?= 2
+# the tests without it, for a quicker local run that checks no coverage floor. The breadth
+# suites always run without it (the `unmeasured` mark, harness/measurement.py).
+PYTEST_WORKERS ?= 3
+# The tests' bytecode is cached in .venv/pycache, even where PYTHONDONTWRITEBYTECODE is set, and
+# never beside the sources. Without a cache every pytest process parses and assertion-rewrites
+# again the ~400 modules pytest rewrites (its plugins' too: hypothesis, schemathesis), about 8 s
+# of CPU each, and every server and CLI the tests start compiles `control/` again.
+TEST_ENV := env -u PYTHONDONTWRITEBYTECODE PYTHONPYCACHEPREFIX=$(abspath $(VENV))/pycache
 PYTEST_COV ?= --cov=control --cov-report=term
 
 pytest: install browser-deps
 	data=$$(mktemp -d); trap 'rm -rf "$$data"' EXIT; \
-	COVERAGE_FILE="$$data/.coverage" $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup \
-		$(PYTEST_COV) $(PYTEST_ARGS)
+	COVERAGE_FILE="$$data/.coverage" $(TEST_ENV) $(BIN)/python -m pytest -n $(PYTEST_WORKERS) \
+		--dist loadgroup $(PYTEST_COV) $(PYTEST_ARGS)
 
 # The console's browser tests (tests/test_console_browser.py) drive Debian's chromium and
 # chromedriver: installed here where missing (as root, with apt-get). Where they cannot be, this

@@ -33,6 +33,9 @@ from tests.pg import reachable_postgres, scratch_database
 
 BACKENDS = ["sqlite", "postgresql"]
 
+# The `unmeasured` mark: the breadth suites run with coverage paused.
+pytest_plugins = ("harness.measurement",)
+
 # The query sets the tests define, with the names and versions they use: the whole run enforces
 # this catalog (in-process settings, and the servers `harness/server.py` starts, which inherit
 # it). Tests of the reference module's catalog itself ask for it (`enforce_shipped_catalog` below).

@@ -244,6 +244,17 @@ def assert_issuer_refused(org: OrgFixture, issuer: str) -> None:
     assert body["errors"][0]["loc"] == ["body", "issuer"]
 
 
+def test_an_issuer_that_is_not_a_url_is_refused_before_anything_is_fetched(
+    org_b: OrgFixture,
+) -> None:
+    # An unclosed IPv6 bracket, a NUL and a non-ASCII host: httpx cannot parse them.
+    for issuer in ("https://[::1", "https://idp\x00.example", "https://\u2603.example"):
+        assert_issuer_refused(org_b, issuer)
+        refused = org_b.admin.post(ISSUERS, issuer_body(issuer)).json()
+        assert "not a valid URL" in refused["detail"], refused
+    assert org_b.admin.ok("GET", ISSUERS)["items"] == []
+
+
 @pytest.mark.parametrize("settings", [PROD], indirect=True, ids=["prod"])
 def test_prod_refuses_to_trust_issuers_on_internal_addresses(org_b: OrgFixture) -> None:
     for issuer in PROD_REFUSED:

@@ -7,8 +7,10 @@ import re
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from control.app import build_openapi
 from control.cli import render_spec
 from control.errors import ERROR_CODES, PROBLEM_MEDIA_TYPE
 from control.kit.routing import Route, Status
@@ -100,6 +102,11 @@ def test_served_spec_equals_committed(client: TestClient) -> None:
     response = client.get("/openapi.json")
     assert response.status_code == 200
     assert response.json() == json.loads(SPEC_FILE.read_text())
+    # Built once per app: the second answer is the document the first one built.
+    assert client.get("/openapi.json").content == response.content
+    app = client.app
+    assert isinstance(app, FastAPI)
+    assert build_openapi(app) is build_openapi(app)
 
 
 @pytest.mark.parametrize("route", CONSOLE, ids=route_id)
