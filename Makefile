@@ -79,11 +79,12 @@ clients-test: install
 # the tests without it, for a quicker local run that checks no coverage floor. The breadth
 # suites always run without it (the `unmeasured` mark, harness/measurement.py).
 PYTEST_WORKERS ?= 3
-# The tests' bytecode is cached in .venv/pycache, even where PYTHONDONTWRITEBYTECODE is set, and
-# never beside the sources. Without a cache every pytest process parses and assertion-rewrites
+# The test run writes bytecode caches (`__pycache__/`, ignored by git) even where
+# PYTHONDONTWRITEBYTECODE is set. Without them every pytest process parses and assertion-rewrites
 # again the ~400 modules pytest rewrites (its plugins' too: hypothesis, schemathesis), about 8 s
-# of CPU each, and every server and CLI the tests start compiles `control/` again.
-TEST_ENV := env -u PYTHONDONTWRITEBYTECODE PYTHONPYCACHEPREFIX=$(abspath $(VENV))/pycache
+# of CPU each, and every server and CLI the tests start compiles `control/` again. (A cache
+# prefix elsewhere would ignore the bytecode pip wrote, and compile the virtualenv again.)
+TEST_ENV := env -u PYTHONDONTWRITEBYTECODE
 PYTEST_COV ?= --cov=control --cov-report=term
 
 pytest: install browser-deps
