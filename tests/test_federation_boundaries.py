@@ -244,7 +244,7 @@ def assert_issuer_refused(org: OrgFixture, issuer: str) -> None:
     assert body["errors"][0]["loc"] == ["body", "issuer"]
 
 
-def test_an_issuer_that_is_not_a_url_is_refused_before_anything_is_fetched(
+def test_an_issuer_url_that_names_nothing_reachable_is_refused(
     org_b: OrgFixture,
 ) -> None:
     # An unclosed IPv6 bracket, a NUL and a non-ASCII host: httpx cannot parse them.
@@ -252,7 +252,21 @@ def test_an_issuer_that_is_not_a_url_is_refused_before_anything_is_fetched(
         assert_issuer_refused(org_b, issuer)
         refused = org_b.admin.post(ISSUERS, issuer_body(issuer)).json()
         assert "not a valid URL" in refused["detail"], refused
+    # A port no socket has (the resolver would wrap 99999 to another port), and a host that
+    # names nothing a resolver could find.
+    for issuer, why in (
+        ("https://idp.example:99999", "port outside 1-65535"),
+        ("https://idp.example:0", "port outside 1-65535"),
+        ("https://%7Aidp.example", "neither a DNS name nor an IP address"),
+        ("https://idp!.example", "neither a DNS name nor an IP address"),
+    ):
+        assert_issuer_refused(org_b, issuer)
+        refused = org_b.admin.post(ISSUERS, issuer_body(issuer)).json()
+        assert why in refused["detail"], refused
     assert org_b.admin.ok("GET", ISSUERS)["items"] == []
+    # An international name is a DNS name once encoded, and an IPv6 literal an address.
+    org_b.admin.ok("POST", ISSUERS, issuer_body("https://bücher.example:8443"))
+    org_b.admin.ok("POST", ISSUERS, issuer_body("https://[2606:4700::1111]"))
 
 
 @pytest.mark.parametrize("settings", [PROD], indirect=True, ids=["prod"])

@@ -28,6 +28,9 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # The NAT64 well-known prefix embeds an IPv4 address in its last 32 bits (RFC 6052).
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# What a DNS name may hold once httpx has lowercased it and encoded IDNA labels: a host written
+# with percent escapes or other punctuation names nothing a resolver could find.
+_NAME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789.-_")
 
 
 class AddressKind(Enum):
@@ -103,8 +106,13 @@ class NetworkPolicy:
             raise TargetRefused("must not contain credentials")
         if not host:
             raise TargetRefused("has no host")
+        # httpx keeps any number as the port, and the resolver would wrap 99999 to 34463.
+        if parsed.port is not None and not 0 < parsed.port < 65536:
+            raise TargetRefused("has a port outside 1-65535")
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
         literal = _literal(host)
+        if literal is None and not set(host) <= _NAME_CHARACTERS:
+            raise TargetRefused("has a host that is neither a DNS name nor an IP address")
         addresses = () if literal is None else (literal,)
         for address in addresses:
             self.check_address(address)
