@@ -53,6 +53,35 @@ def test_pruning_keeps_the_newest_entry(state: AppState) -> None:
         deliverer.close()
 
 
+def test_a_lease_outlives_the_slowest_call_it_covers(state: AppState) -> None:
+    """A call may take CONTROL_SPACETIMEDB_TIMEOUT_SECONDS: the lease taken for it lasts
+    longer, or another replica could deliver later entries while its answer is on the way."""
+    settings = state.settings.model_copy(
+        update={
+            "spacetimedb_url": "http://127.0.0.1:9",
+            "spacetimedb_databases": "slow",
+            "spacetimedb_timeout_seconds": 60.0,
+        }
+    )
+    tuning = Tuning(lease_seconds=1.0)
+    deliverer = Deliverer(
+        settings, state.sessions, lambda: state.keyring.snapshot, "replica", tuning=tuning
+    )
+    try:
+        before = utcnow()
+        assert deliverer._claim("slow") == 0  # the lease is held only while delivering
+        with unit_of_work(state.sessions) as session:
+            lease_until = session.scalars(
+                select(Delivery.lease_until).where(Delivery.database == "slow")
+            ).one()
+        assert lease_until is not None
+        assert lease_until.replace(tzinfo=None) >= (before + timedelta(seconds=120)).replace(
+            tzinfo=None
+        )
+    finally:
+        deliverer.close()
+
+
 def test_backoff_is_capped_however_long_the_outage() -> None:
     tuning = Tuning()
     for attempts in (1, 10, 1024, 10_000):

@@ -135,6 +135,12 @@ class Deliverer:
             timeout=settings.spacetimedb_timeout_seconds, follow_redirects=False
         )
         self._token: tuple[str, float] | None = None
+        # A lease outlives the slowest call it covers (CONTROL_SPACETIMEDB_TIMEOUT_SECONDS may
+        # exceed the tuning's lease): a lease that ran out mid-call would let another replica
+        # deliver the next entries while this call's answer is still on its way.
+        self._lease = timedelta(
+            seconds=max(self.tuning.lease_seconds, 2 * settings.spacetimedb_timeout_seconds)
+        )
         # A lease whose holder stopped beating passes on at once (a replica that crashed
         # mid-delivery), without waiting for the lease to run out.
         self._dead_after = timedelta(seconds=settings.replica_heartbeat_seconds * DEAD_AFTER_BEATS)
@@ -192,7 +198,7 @@ class Deliverer:
                 )
                 .values(
                     leased_by=self.replica_id,
-                    lease_until=now + timedelta(seconds=self.tuning.lease_seconds),
+                    lease_until=now + self._lease,
                 )
             )
             if won.rowcount != 1:  # type: ignore[attr-defined]
@@ -259,7 +265,7 @@ class Deliverer:
                             attempts=0,
                             retry_at=None,
                             last_error=None,
-                            lease_until=now + timedelta(seconds=self.tuning.lease_seconds),
+                            lease_until=now + self._lease,
                         )
                     )
                     if moved.rowcount != 1:  # type: ignore[attr-defined]
