@@ -21,14 +21,16 @@ PORT ?= 8080
 run: install
 	CONTROL_ISSUER="$${CONTROL_ISSUER:-http://127.0.0.1:$(PORT)}" $(BIN)/control serve --host 127.0.0.1 --port $(PORT)
 
-# `make test`: the quick checks first (a lint or type error fails in seconds), then pytest with
-# the TypeScript suites beside it. Those mostly wait (npm, a control plane they stop and start,
+# `make test`: the quick checks first, two at a time (a lint or type error fails in seconds;
+# `--output-sync` keeps each check's output together), then pytest with the TypeScript suites
+# beside it. Those mostly wait (npm, a control plane they stop and start,
 # token lifetimes), so they use the time pytest's workers leave idle; their output is held until
 # pytest ends, then printed, and either failing fails the run.
 CHECKS := lint typecheck imports-check migrations-check openapi-check catalog-check
 NODE_SUITES := module-test clients-test
 
-test: install browser-deps $(CHECKS)
+test: install browser-deps
+	@$(MAKE) --no-print-directory -j2 --output-sync=target $(CHECKS)
 	@log=$$(mktemp); trap 'rm -f "$$log"' EXIT; \
 	$(MAKE) --no-print-directory -k $(NODE_SUITES) >"$$log" 2>&1 & node=$$!; \
 	$(MAKE) --no-print-directory pytest; tests=$$?; \
@@ -68,17 +70,17 @@ module-test:
 clients-test: install
 	@$(TEST_ENV) bash scripts/clients_test.sh
 
-# pytest-xdist workers: three on the reference machine's two cores. The suite is mostly CPU (the
-# app, the fuzzer, the servers it starts), but about a fifth of two workers' time is spent
-# waiting (a server starting, a retry's backoff, a token expiring), which the third fills;
-# `PYTEST_WORKERS=0` runs in one process.
+# pytest-xdist workers: four on the reference machine's two cores. The suite is mostly CPU (the
+# app, the fuzzer, the servers it starts), but a worker spends much of its time waiting (a
+# server starting, a retry's backoff, a token expiring): two workers kept the cores only 82 %
+# busy, and the third and fourth fill the waits. `PYTEST_WORKERS=0` runs in one process.
 # `loadgroup`: tests sharing a module's real server stay on one worker (see tests/conftest.py).
 # Coverage data goes to a directory of this run's own: several runs in one checkout would
 # otherwise erase and combine each other's worker and subprocess data files.
 # Coverage's tracer is most of a third of the suite's time on CPython 3.11: `PYTEST_COV=` runs
 # the tests without it, for a quicker local run that checks no coverage floor. The breadth
 # suites always run without it (the `unmeasured` mark, harness/measurement.py).
-PYTEST_WORKERS ?= 3
+PYTEST_WORKERS ?= 4
 # The test run writes bytecode caches (`__pycache__/`, ignored by git) even where
 # PYTHONDONTWRITEBYTECODE is set. Without them every pytest process parses and assertion-rewrites
 # again the ~400 modules pytest rewrites (its plugins' too: hypothesis, schemathesis), about 8 s

@@ -226,6 +226,9 @@ class Config:
     lines: list[str]  # exactly the lines the CLI must print, in order
     commands: list[tuple[str, ...]]
     secrets: tuple[str, ...] = ()
+    # Its first command runs as a real `control` process (the rest, and other configs' commands,
+    # run as `main` in the test's process: the same code, without a process start each).
+    real_process: bool = False
 
 
 CONFIGS = [
@@ -247,6 +250,7 @@ CONFIGS = [
         ],
         COMMANDS,
         (PASTED_SECRET,),
+        real_process=True,
     ),
     Config(
         "a key-encryption key that is not base64 (dev)",
@@ -311,6 +315,7 @@ CONFIGS = [
         ],
         COMMANDS,
         (NOT_BASE64_SECRET,),
+        real_process=True,
     ),
 ]
 
@@ -339,9 +344,10 @@ def test_configuration_errors_are_one_value_free_line_per_problem(
 ) -> None:
     base = {key: value for key, value in os.environ.items() if not key.startswith("CONTROL_")}
     # One working directory per command, each with its own database and dev secrets file, so
-    # "it touched nothing" is checked for each command alone. The first command runs as a real
-    # `control` process; the others, one after another, as `main` in this process, with the
-    # same environment and working directory (sparing a process start each).
+    # "it touched nothing" is checked for each command alone. A `real_process` config's first
+    # command runs as a real `control` process (that the installed command exits the same way);
+    # every other command runs as `main` in this process, with the same environment and working
+    # directory (sparing a process start each).
     for index, args in enumerate(config.commands):
         cwd = tmp_path / "-".join(args[:2])
         cwd.mkdir()
@@ -352,7 +358,7 @@ def test_configuration_errors_are_one_value_free_line_per_problem(
             **config.env,
         }
         with subtests.test(msg=" ".join(args)):
-            if index == 0:
+            if index == 0 and config.real_process:
                 result = run_cli(args, env, cwd)
             else:
                 result = control_in_process(monkeypatch, args, env, cwd)

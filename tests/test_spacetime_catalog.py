@@ -31,6 +31,7 @@ from control.spacetime.catalog import (
 from control.spacetime.models import OutboxEntry
 from control.spacetime.outbox import push_for
 from control.state import AppState
+from tests.cli import control_in_process
 from tests.conftest import make_settings
 from tests.factories import OrgFixture
 
@@ -277,9 +278,14 @@ BAD_CATALOGS = {
 }
 
 
+# The case run as a real `control serve` process; the others run `main` in the test's process,
+# the same code without a process start each.
+REAL_PROCESS_CASE = "not JSON"
+
+
 @pytest.mark.parametrize("case", BAD_CATALOGS, ids=list(BAD_CATALOGS))
 def test_a_catalog_that_cannot_be_read_stops_the_start_in_one_line(
-    case: str, tmp_path: Path
+    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     content, line = BAD_CATALOGS[case]
     catalog = tmp_path / "secret-looking-name" / "catalog.json"
@@ -294,15 +300,19 @@ def test_a_catalog_that_cannot_be_read_stops_the_start_in_one_line(
         "CONTROL_DEV_SECRETS_FILE": str(workdir / "secrets.json"),
         SETTING: str(catalog),
     }
-    result = subprocess.run(
-        [str(BIN / "control"), "serve", "--port", "0"],
-        env=env,
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    args = ["serve", "--port", "0"]
+    if case == REAL_PROCESS_CASE:
+        result = subprocess.run(
+            [str(BIN / "control"), *args],
+            env=env,
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    else:
+        result = control_in_process(monkeypatch, args, env, workdir)
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.splitlines() == [f"control: configuration error: {line}"]
     assert "secret-looking-name" not in result.stdout + result.stderr  # never the value
