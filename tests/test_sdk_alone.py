@@ -72,10 +72,12 @@ def test_the_sdk_installs_alone_and_verifies_a_token(tmp_path: Path) -> None:
     assert built.returncode == 0, built.stderr[-2000:]
     wheel = next(wheels.glob("control-*.whl"))
     env_dir = tmp_path / "sdk-venv"
-    venv.EnvBuilder(with_pip=True).create(env_dir)
+    # A bare virtualenv, installed into by this environment's pip (`--python`): the same
+    # resolution and install as its own pip would do, without seeding pip into it first.
+    venv.EnvBuilder(with_pip=False).create(env_dir)
     python = env_dir / "bin" / "python"
     installed = subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", str(wheel)],
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", str(wheel)],
         capture_output=True,
         text=True,
         check=False,
