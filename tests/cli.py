@@ -63,3 +63,18 @@ def control_in_process(
             root.setLevel(level)
             alembic.setLevel(alembic_level)
     return subprocess.CompletedProcess(list(args), code, stdout.getvalue(), stderr.getvalue())
+
+
+def control_process(
+    args: Sequence[str], env: dict[str, str], cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    """`control ARGS` as a real process of the installed command, with exactly `env`."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "control"), *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

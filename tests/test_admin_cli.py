@@ -9,7 +9,6 @@ import os
 import re
 import secrets
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from control.errors import InvalidRequest
 from control.identity.models import Principal
 from control.identity.service import bootstrap_org
 from control.state import AppState
-from tests.cli import control_in_process
+from tests.cli import control_in_process, control_process
 from tests.conftest import make_settings
 from tests.factories import Api, table_counts
 
@@ -42,15 +41,7 @@ def test_admin_bootstrap_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     )
 
     def control(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "control.cli", *args],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        return control_process(args, env, tmp_path)
 
     def in_process(*args: str) -> subprocess.CompletedProcess[str]:
         return control_in_process(monkeypatch, args, env, tmp_path)

@@ -12,8 +12,6 @@ import base64
 import json
 import os
 import secrets
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +28,7 @@ from control.policy.schemas import GrantRuleCreate
 from control.settings import SettingsError, load_settings
 from control.tokens.schemas import TokenRequest
 from tests.admin_world import ACTIVE, Seeded, route_id, seed
-from tests.cli import control_in_process
+from tests.cli import control_in_process, control_process
 from tests.factories import OrgFixture, database_text
 from tests.server import Server, running_server
 
@@ -195,7 +193,6 @@ def test_real_server_answers_413_to_a_chunked_body_over_the_limit(server: Server
 
 # --- configuration errors from the CLI -------------------------------------------------------
 
-BIN = Path(sys.executable).parent
 # Fake secrets, recognizable in any output. The first is not base64url: 25 alphabet characters
 # and two that are not.
 NOT_BASE64_SECRET = "zq7FAKESECRETx9vKp2wLm4Q7!!"
@@ -320,20 +317,6 @@ CONFIGS = [
 ]
 
 
-def run_cli(
-    args: tuple[str, ...], env: dict[str, str], cwd: Path
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "control"), *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def windows(secret: str, size: int = 8) -> list[str]:
     return [secret[i : i + size] for i in range(len(secret) - size + 1)]
 
@@ -359,7 +342,7 @@ def test_configuration_errors_are_one_value_free_line_per_problem(
         }
         with subtests.test(msg=" ".join(args)):
             if index == 0 and config.real_process:
-                result = run_cli(args, env, cwd)
+                result = control_process(args, env, cwd)
             else:
                 result = control_in_process(monkeypatch, args, env, cwd)
             output = result.stdout + result.stderr

@@ -10,7 +10,6 @@ import base64
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from control.keys.service import KeyRing, KeySnapshot
 from control.kit.db import make_engine, unit_of_work, utcnow
 from control.settings import Settings
 from control.state import AppState
-from tests.cli import control_in_process
+from tests.cli import control_in_process, control_process
 from tests.conftest import KEK, PEPPER, make_settings
 from tests.factories import Api, OrgFixture, bootstrap, database_text, table_counts
 
@@ -668,15 +667,7 @@ def _cli_env(db: Path, **extra: str) -> dict[str, str]:
 
 
 def _control(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "control.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return control_process(args, env, cwd)
 
 
 def _key_rows(db: Path) -> list[tuple[str, str, bytes]]:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +29,7 @@ from control.spacetime.catalog import (
 from control.spacetime.models import OutboxEntry
 from control.spacetime.outbox import push_for
 from control.state import AppState
-from tests.cli import control_in_process
+from tests.cli import control_in_process, control_process
 from tests.conftest import make_settings
 from tests.factories import OrgFixture
 
@@ -203,7 +201,6 @@ def test_every_revocation_writes_its_push_in_its_own_transaction(session: Sessio
 
 # --- the catalog a deployment enforces: CONTROL_QUERY_SET_CATALOG ----------------------------
 
-BIN = Path(sys.executable).parent
 SETTING = "CONTROL_QUERY_SET_CATALOG"
 # A deployment's own module: one query set the reference module does not serve.
 CUSTOM_CATALOG = {
@@ -302,15 +299,7 @@ def test_a_catalog_that_cannot_be_read_stops_the_start_in_one_line(
     }
     args = ["serve", "--port", "0"]
     if case == REAL_PROCESS_CASE:
-        result = subprocess.run(
-            [str(BIN / "control"), *args],
-            env=env,
-            cwd=workdir,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        result = control_process(args, env, workdir)
     else:
         result = control_in_process(monkeypatch, args, env, workdir)
     assert result.returncode == 2, result.stdout + result.stderr
