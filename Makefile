@@ -23,9 +23,9 @@ run: install
 
 # `make test`: the quick checks first, two at a time (a lint or type error fails in seconds;
 # `--output-sync` keeps each check's output together), then pytest with the TypeScript suites
-# beside it. Those mostly wait (npm, a control plane they stop and start,
-# token lifetimes), so they use the time pytest's workers leave idle; their output is held until
-# pytest ends, then printed, and either failing fails the run.
+# beside it. Those mostly wait (npm, a control plane they stop and start, token lifetimes), so
+# they use the time pytest's workers leave idle; their output is held until pytest ends, then
+# printed, and either failing fails the run.
 CHECKS := lint typecheck imports-check migrations-check openapi-check catalog-check
 NODE_SUITES := module-test clients-test
 
