@@ -9,8 +9,8 @@ import sys
 import tempfile
 import threading
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from control.settings import Settings
 from control.state import AppState
 from harness import grouping
 from harness.keys import KEK, PEPPER
+from tests.admin_world import Seeded, rollback_blocks, seed
 from tests.factories import OrgFixture, bootstrap
 from tests.pg import reachable_postgres, scratch_database
 
@@ -120,8 +121,9 @@ def settings(database_url: str) -> Settings:
     return make_settings(database_url)
 
 
-@pytest.fixture
-def state(settings: Settings, engine: Engine, connection: Connection) -> AppState:
+def state_over(settings: Settings, engine: Engine, connection: Connection) -> AppState:
+    """An app's state whose sessions join the test's transaction (as savepoints), so what the
+    app commits is rolled back with the test. Another replica's: other `settings`."""
     sessions = sessionmaker(
         bind=connection, expire_on_commit=False, join_transaction_mode="create_savepoint"
     )
@@ -132,6 +134,11 @@ def state(settings: Settings, engine: Engine, connection: Connection) -> AppStat
         keyring=KeyRing(settings, KeyCipher(settings.key_encryption_key_bytes())),
         credential_pepper=settings.credential_pepper_bytes(),
     )
+
+
+@pytest.fixture
+def state(settings: Settings, engine: Engine, connection: Connection) -> AppState:
+    return state_over(settings, engine, connection)
 
 
 @pytest.fixture
@@ -181,6 +188,18 @@ def org_a(state: AppState, client: TestClient) -> OrgFixture:
 def org_b(state: AppState, client: TestClient, org_a: OrgFixture) -> OrgFixture:
     """A second, ordinary org (its admin is not an operator)."""
     return bootstrap(state, client, "org-b")
+
+
+@pytest.fixture
+def seeded_orgs(org_a: OrgFixture, org_b: OrgFixture) -> tuple[Seeded, Seeded]:
+    """Both orgs, each with a row of every kind the admin API manages (`tests.admin_world`)."""
+    return seed(org_a, "alpha"), seed(org_b, "beta")
+
+
+@pytest.fixture
+def undo(connection: Connection, session: Session) -> Callable[[], AbstractContextManager[None]]:
+    """`with undo():` blocks whose writes are rolled back at the block's end."""
+    return rollback_blocks(connection, session)
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

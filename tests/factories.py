@@ -11,10 +11,24 @@ from sqlalchemy.orm import Session
 from control.identity.service import bootstrap_org
 from control.kit.db import unit_of_work
 from control.models import metadata
+from control.runtime import GrantVerifier, TokenRejected
 from control.state import AppState
 from harness.api import Api, OrgFixture
+from harness.server import Server
 
-__all__ = ["Api", "OrgFixture", "bootstrap", "database_text", "table_counts"]
+__all__ = [
+    "RUN_EVENTS_QUERIES",
+    "Api",
+    "OrgFixture",
+    "bootstrap",
+    "database_text",
+    "member_of_new_org",
+    "rejection",
+    "table_counts",
+]
+
+# The `run_events` query set's queries: the reference module's two views of a run.
+RUN_EVENTS_QUERIES = ["SELECT * FROM run_event_view", "SELECT * FROM run_checkpoint_view"]
 
 
 def bootstrap(state: AppState, client: TestClient | httpx.Client, name: str) -> OrgFixture:
@@ -26,6 +40,29 @@ def bootstrap(state: AppState, client: TestClient | httpx.Client, name: str) -> 
         admin=Api(client, created["api_key"]),
         client=client,
     )
+
+
+def member_of_new_org(server: Server, name: str, stream: str) -> tuple[str, str]:
+    """A new org on a real server, whose member `alice` owns `stream` and may subscribe to it
+    with `run_events`: the org's id and her API key."""
+    with httpx.Client(base_url=server.base_url, timeout=30) as http:
+        boot = server.bootstrap(name)
+        org = OrgFixture(boot["org_id"], boot["principal_id"], Api(http, boot["api_key"]), http)
+        alice = org.principal("alice")
+        org.query_set("run_events", ["run"], RUN_EVENTS_QUERIES)
+        org.stream(stream, owner_id=org.principals["alice"])
+        org.allow(relation="owner", query_sets=["run_events"], ops=["subscribe"])
+    assert alice.key is not None
+    return boot["org_id"], alice.key
+
+
+def rejection(verifier: GrantVerifier, token: str) -> str | None:
+    """The code `verifier` refuses `token` with, or None where it accepts it."""
+    try:
+        verifier.verify(token)
+    except TokenRejected as rejected:
+        return rejected.code
+    return None
 
 
 def table_counts(session: Session) -> dict[str, int]:

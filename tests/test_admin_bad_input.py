@@ -20,7 +20,6 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from control.errors import ERROR_CODES, PROBLEM_MEDIA_TYPE
@@ -29,13 +28,11 @@ from tests.admin_world import (
     ACTIVE,
     Seeded,
     Snapshot,
-    rollback_blocks,
     route_id,
-    seed,
     snapshot,
     valid_body,
 )
-from tests.factories import Api, OrgFixture, database_text
+from tests.factories import Api, database_text
 
 WRITE_ROUTES = [r for r in ACTIVE if r.request_model is not None]
 JSON_HEADERS = {"content-type": "application/json"}
@@ -440,16 +437,6 @@ DOMAIN_CASES: dict[str, list[Domain]] = {
 # --- the tests -----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def world(org_a: OrgFixture, org_b: OrgFixture) -> tuple[Seeded, Seeded]:
-    return seed(org_a, "alpha"), seed(org_b, "beta")
-
-
-@pytest.fixture
-def undo(connection: Connection, session: Session) -> Callable[[], AbstractContextManager[None]]:
-    return rollback_blocks(connection, session)
-
-
 def send(api: Api, route: Route, path: str, case: Case) -> httpx.Response:
     headers = {**api.headers(), **case.headers}
     return api.client.request(route.method, path, content=case.content, headers=headers)
@@ -493,8 +480,8 @@ def verdict(case: Case, response: httpx.Response, route: Route | None = None) ->
     return []
 
 
-def test_revocation_value_with_nul_is_not_a_500(world: tuple[Seeded, Seeded]) -> None:
-    a, _ = world
+def test_revocation_value_with_nul_is_not_a_500(seeded_orgs: tuple[Seeded, Seeded]) -> None:
+    a, _ = seeded_orgs
     response = a.admin.post("/api/admin/revocations", {"kind": "jti", "value": "a\x00b"})
     assert response.status_code < 500, response.text
 
@@ -508,12 +495,12 @@ def test_every_write_route_is_covered() -> None:
 
 
 def test_valid_bodies_are_accepted(
-    world: tuple[Seeded, Seeded],
+    seeded_orgs: tuple[Seeded, Seeded],
     undo: Callable[[], AbstractContextManager[None]],
     subtests: pytest.Subtests,
 ) -> None:
     """The baseline the corpus mutates really is valid, so each refusal is the mutation's."""
-    a, _ = world
+    a, _ = seeded_orgs
     for route in WRITE_ROUTES:
         with subtests.test(msg=route_id(route)), undo():
             response = a.caller_for(route).request(
@@ -523,12 +510,12 @@ def test_valid_bodies_are_accepted(
 
 
 def test_bad_bodies_change_nothing(
-    world: tuple[Seeded, Seeded],
+    seeded_orgs: tuple[Seeded, Seeded],
     session: Session,
     undo: Callable[[], AbstractContextManager[None]],
     subtests: pytest.Subtests,
 ) -> None:
-    a, _ = world
+    a, _ = seeded_orgs
     for route in WRITE_ROUTES:
         api, path = a.caller_for(route), a.fill(route)
         cases = list(corpus(route, valid_body(route, a)))
@@ -561,12 +548,12 @@ def test_bad_bodies_change_nothing(
 
 
 def test_domain_refusals_change_nothing(
-    world: tuple[Seeded, Seeded],
+    seeded_orgs: tuple[Seeded, Seeded],
     session: Session,
     undo: Callable[[], AbstractContextManager[None]],
     subtests: pytest.Subtests,
 ) -> None:
-    a, b = world
+    a, b = seeded_orgs
     routes = {route.operation_id: route for route in WRITE_ROUTES}
     for operation_id, cases in DOMAIN_CASES.items():
         route = routes[operation_id]

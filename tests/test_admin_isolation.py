@@ -18,7 +18,6 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from control.errors import PROBLEM_MEDIA_TYPE
@@ -27,9 +26,7 @@ from tests.admin_world import (
     ACTIVE,
     Seeded,
     path_params,
-    rollback_blocks,
     route_id,
-    seed,
     snapshot,
     valid_body,
 )
@@ -42,16 +39,6 @@ ADMIN_WRITES_ON_A_ROW = [r for r in ORG_ROUTES if r.method != "GET" and path_par
 GATED = [r for r in ACTIVE if r.access.roles & {"admin", "operator"}]
 MISSING = "zz-missing-row-0"
 ADMIN = Access.role("admin")
-
-
-@pytest.fixture
-def world(org_a: OrgFixture, org_b: OrgFixture) -> tuple[Seeded, Seeded]:
-    return seed(org_a, "alpha"), seed(org_b, "beta")
-
-
-@pytest.fixture
-def undo(connection: Connection, session: Session) -> Callable[[], AbstractContextManager[None]]:
-    return rollback_blocks(connection, session)
 
 
 def missing_path(route: Route, value: str = MISSING) -> str:
@@ -115,9 +102,9 @@ def test_a_path_parameter_without_a_seeded_row_fails_loudly(client: TestClient) 
 
 
 def test_admin_never_reads_another_orgs_rows(
-    world: tuple[Seeded, Seeded], subtests: pytest.Subtests
+    seeded_orgs: tuple[Seeded, Seeded], subtests: pytest.Subtests
 ) -> None:
-    a, b = world
+    a, b = seeded_orgs
     for route in ADMIN_READS:
         with subtests.test(msg=route_id(route)):
             if path_params(route):
@@ -162,12 +149,12 @@ def check_list(route: Route, a: Seeded, b: Seeded) -> None:
 
 
 def test_admin_never_writes_another_orgs_rows(
-    world: tuple[Seeded, Seeded],
+    seeded_orgs: tuple[Seeded, Seeded],
     session: Session,
     undo: Callable[[], AbstractContextManager[None]],
     subtests: pytest.Subtests,
 ) -> None:
-    a, b = world
+    a, b = seeded_orgs
     for route in ADMIN_WRITES_ON_A_ROW:
         with subtests.test(msg=route_id(route)):
             body = valid_body(route, b) if route.request_model is not None else None
@@ -225,8 +212,8 @@ def test_role_gate(
     assert (after.counts, after.policy_revs) == (before.counts, before.policy_revs)
 
 
-def test_audit_of_one_org_never_names_another(world: tuple[Seeded, Seeded]) -> None:
-    a, b = world
+def test_audit_of_one_org_never_names_another(seeded_orgs: tuple[Seeded, Seeded]) -> None:
+    a, b = seeded_orgs
     events = b.admin.ok("GET", "/api/admin/audit?limit=500", status=200)["items"]
     assert events
     assert {event["org_id"] for event in events} == {b.org_id}

@@ -27,7 +27,7 @@ from control.kit.routing import Status
 from control.policy.schemas import GrantRuleCreate
 from control.routes import ROUTES
 from control.state import AppState
-from tests.factories import OrgFixture
+from tests.factories import RUN_EVENTS_QUERIES, OrgFixture
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -600,14 +600,12 @@ def test_the_wheel_ships_the_consoles_templates_and_assets(tmp_path: Path) -> No
 
 # --- editing: rules, query sets, trusted issuers; principals and keys ---------------------
 
-RUN_EVENTS = ["SELECT * FROM run_event_view", "SELECT * FROM run_checkpoint_view"]
-
 
 def _ada_with_a_granted_stream(org_a: OrgFixture) -> tuple[str, dict[str, Any]]:
     """Ada (a member) owning run:1, and the allow rule that gives it to her."""
     org_a.principal("ada")
     ada = org_a.principals["ada"]
-    org_a.query_set("run_events", ["run"], RUN_EVENTS)
+    org_a.query_set("run_events", ["run"], RUN_EVENTS_QUERIES)
     org_a.stream("run:1", owner_id=ada)
     rule = org_a.allow(relation="owner", query_sets=["run_events"], ops=["subscribe", "append"])
     return ada, rule
@@ -680,7 +678,7 @@ def test_query_sets_are_defined_and_replaced_from_the_modules_catalog(
     assert 'value="run_events"' in filled.text and "SELECT * FROM run_event_view" in filled.text
     created = admin.post(
         "/console/query-sets",
-        {"name": "run_events", "stream_kinds": "run", "queries": "\n".join(RUN_EVENTS)},
+        {"name": "run_events", "stream_kinds": "run", "queries": "\n".join(RUN_EVENTS_QUERIES)},
     )
     assert created.url.path == "/console/query-sets/run_events" and "Created." in created.text
     assert "run_events@1" not in admin.get("/console/query-sets").text.split("catalog")[-1]
@@ -860,7 +858,7 @@ def _org_a_objects(org_a: OrgFixture) -> dict[str, str]:
     org_a.principal("ada")
     ada = org_a.principals["ada"]
     credential = org_a.admin.ok("GET", f"/api/admin/principals/{ada}/credentials")["items"][0]
-    org_a.query_set("run_events", ["run"], RUN_EVENTS)
+    org_a.query_set("run_events", ["run"], RUN_EVENTS_QUERIES)
     org_a.stream("run:of-a", owner_id=ada)
     rule = org_a.allow(relation="owner", query_sets=["run_events"])
     issuer = org_a.admin.ok(
@@ -891,7 +889,7 @@ MISSING = {
 FORMS: dict[str, dict[str, Any]] = {
     "console_update_principal": {"roles": "member"},
     "console_issue_credential": {"name": "stolen"},
-    "console_update_query_set": {"stream_kinds": "run", "queries": RUN_EVENTS[0]},
+    "console_update_query_set": {"stream_kinds": "run", "queries": RUN_EVENTS_QUERIES[0]},
     "console_update_rule": {
         "effect": "allow",
         "subjects_roles": "member",

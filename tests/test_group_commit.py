@@ -37,14 +37,13 @@ from control.kit.db import (
 )
 from control.migrate import upgrade
 from control.state import AppState
-from tests.factories import Api, OrgFixture
+from tests.factories import RUN_EVENTS_QUERIES, OrgFixture, member_of_new_org
 from tests.fleet import TIMEOUT, bearer
 from tests.pg import reachable_postgres, scratch_database
-from tests.server import Server, running_server
+from tests.server import running_server
 
 POISON = "test.poison"
 # What the module's catalog opens for run_events@1.
-RUN_EVENTS_QUERIES = ["SELECT * FROM run_event_view", "SELECT * FROM run_checkpoint_view"]
 STREAM = "run:killed"
 
 
@@ -350,25 +349,12 @@ def killable_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterato
         yield url
 
 
-def member_of_new_org(server: Server) -> str:
-    """An org with a member allowed one stream; the member's API key."""
-    with httpx.Client(base_url=server.base_url, timeout=TIMEOUT) as http:
-        boot = server.bootstrap("killed")
-        org = OrgFixture(boot["org_id"], boot["principal_id"], Api(http, boot["api_key"]), http)
-        alice = org.principal("alice")
-        org.query_set("run_events", ["run"], RUN_EVENTS_QUERIES)
-        org.stream(STREAM, owner_id=org.principals["alice"])
-        org.allow(relation="owner", query_sets=["run_events"], ops=["subscribe"])
-    assert alice.key is not None
-    return alice.key
-
-
 def test_sigkill_mid_batch_loses_no_answered_mint(killable_database: str, tmp_path: Path) -> None:
     received: list[str] = []
     lock = threading.Lock()
     stop = threading.Event()
     with running_server(killable_database, tmp_path) as server:
-        alice_key = member_of_new_org(server)
+        _, alice_key = member_of_new_org(server, "killed", STREAM)
 
         def minter() -> None:
             with httpx.Client(base_url=server.base_url, timeout=TIMEOUT) as http:

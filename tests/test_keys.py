@@ -27,7 +27,7 @@ from joserfc.errors import BadSignatureError, JoseError
 from joserfc.jwk import KeySet
 from sqlalchemy import Connection, Engine, delete, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from control.app import create_app, prepare
 from control.errors import Conflict
@@ -39,7 +39,7 @@ from control.kit.db import make_engine, unit_of_work, utcnow
 from control.settings import Settings
 from control.state import AppState
 from tests.cli import control_in_process, control_process
-from tests.conftest import KEK, PEPPER, make_settings
+from tests.conftest import KEK, PEPPER, make_settings, state_over
 from tests.factories import Api, OrgFixture, bootstrap, database_text, table_counts
 
 OTHER_KEK = base64.urlsafe_b64encode(b"w" * 32).decode()
@@ -49,20 +49,6 @@ JWKS = "/.well-known/jwks.json"
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-def replica_state(settings: Settings, engine: Engine, connection: Connection) -> AppState:
-    """A replica over the test's transaction, like the `state` fixture, with its own settings."""
-    sessions = sessionmaker(
-        bind=connection, expire_on_commit=False, join_transaction_mode="create_savepoint"
-    )
-    return AppState(
-        settings=settings,
-        engine=engine,
-        sessions=sessions,
-        keyring=KeyRing(settings, KeyCipher(settings.key_encryption_key_bytes())),
-        credential_pepper=settings.credential_pepper_bytes(),
-    )
 
 
 def jose_verify(token: str, jwks: dict[str, Any], settings: Settings) -> jose_jwt.Token:
@@ -154,7 +140,7 @@ def make_rig(
     with ExitStack() as stack:
 
         def build(**overrides: object) -> Rig:
-            state = replica_state(make_settings(database_url, **overrides), engine, connection)
+            state = state_over(make_settings(database_url, **overrides), engine, connection)
             app = create_app(state=state, background=False)
             client = stack.enter_context(TestClient(app, raise_server_exceptions=False))
             return Rig(state=state, client=client, org=bootstrap(state, client, "org-a"))
@@ -528,7 +514,7 @@ def test_wrong_key_encryption_key_fails_start_up(
     rig: Rig, database_url: str, engine: Engine, connection: Connection, session: Session
 ) -> None:
     before = table_counts(session)
-    wrong = replica_state(
+    wrong = state_over(
         make_settings(database_url, key_encryption_key=OTHER_KEK), engine, connection
     )
     with pytest.raises(KeyDecryptionError, match="CONTROL_KEY_ENCRYPTION_KEY"):
@@ -548,7 +534,7 @@ def test_wrong_key_encryption_key_adds_no_key_nobody_else_can_open(
     with unit_of_work(rig.state.sessions) as session:
         session.execute(delete(SigningKey).where(SigningKey.state == KeyState.PENDING))
     states = rig.states()
-    wrong = replica_state(
+    wrong = state_over(
         make_settings(database_url, key_encryption_key=OTHER_KEK), engine, connection
     )
     with pytest.raises(KeyDecryptionError):
@@ -635,7 +621,7 @@ def test_switching_algorithm_goes_through_rotation(
 ) -> None:
     """ES256 keys already published keep verifying while RS256 keys take over."""
     es_token = rig.mint()
-    rs = replica_state(make_settings(database_url, signing_alg="RS256"), engine, connection)
+    rs = state_over(make_settings(database_url, signing_alg="RS256"), engine, connection)
     with unit_of_work(rs.sessions) as session:
         service.rotate(session, rs.settings, rs.keyring.cipher, now=rig.after_lead())
     with unit_of_work(rs.sessions) as session:

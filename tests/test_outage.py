@@ -26,7 +26,7 @@ import pytest
 
 from control.client import AsyncSyncTokenSource, SyncTokenSource, TokenExpired
 from control.runtime import FeedSource, GrantVerifier, TokenRejected
-from tests.factories import Api, OrgFixture
+from tests.factories import Api, OrgFixture, rejection
 from tests.server import BIN, Server, free_port, server_env, stop, wait_ready
 
 pytestmark = pytest.mark.e2e
@@ -199,14 +199,6 @@ def timed(call: Any, *args: Any) -> tuple[float, Any]:
     started = time.perf_counter()
     result = call(*args)
     return time.perf_counter() - started, result
-
-
-def rejection(verifier: GrantVerifier, token: str) -> str | None:
-    try:
-        verifier.verify(token)
-    except TokenRejected as rejected:
-        return rejected.code
-    return None
 
 
 def wait_for(condition: Any, timeout: float, what: str) -> None:

@@ -25,7 +25,6 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from control.errors import ERROR_CODES, PROBLEM_MEDIA_TYPE
@@ -35,7 +34,6 @@ from tests.admin_world import (
     Seeded,
     Snapshot,
     path_params,
-    rollback_blocks,
     route_id,
     seed,
     snapshot,
@@ -158,11 +156,6 @@ def world(org_a: OrgFixture, org_b: OrgFixture, client: TestClient) -> World:
         "lesser_admin": org_a.principals["plain admin"],
     }
     return World(seeded=s, callers=callers, ids=ids)
-
-
-@pytest.fixture
-def undo(connection: Connection, session: Session) -> Callable[[], AbstractContextManager[None]]:
-    return rollback_blocks(connection, session)
 
 
 def body_for(route: Route, role: str, world: World) -> dict[str, Any] | None:

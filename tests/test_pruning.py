@@ -29,12 +29,11 @@ from control.kit.db import make_engine
 from control.revocations.models import Revocation
 from control.runtime import GrantVerifier
 from control.state import AppState
-from tests.factories import Api, OrgFixture
+from tests.factories import Api, OrgFixture, member_of_new_org
 from tests.fleet import TIMEOUT, bearer
 from tests.pg import reachable_postgres, scratch_database
 from tests.server import running_server
 
-RUN_EVENTS_QUERIES = ["SELECT * FROM run_event_view", "SELECT * FROM run_checkpoint_view"]
 FEED = "/api/sync/revocations"
 
 
@@ -163,14 +162,7 @@ def test_pruning_under_concurrent_minting(served_database: str, tmp_path: Path) 
     stop = threading.Event()
     settings = {"prune_interval_seconds": "0.5", "prune_batch": "500"}
     with running_server(served_database, tmp_path, **settings) as server:
-        with httpx.Client(base_url=server.base_url, timeout=TIMEOUT) as http:
-            boot = server.bootstrap("pruned")
-            org = OrgFixture(boot["org_id"], boot["principal_id"], Api(http, boot["api_key"]), http)
-            alice = org.principal("alice")
-            org.query_set("run_events", ["run"], RUN_EVENTS_QUERIES)
-            org.stream(STREAM, owner_id=org.principals["alice"])
-            org.allow(relation="owner", query_sets=["run_events"], ops=["subscribe"])
-        assert alice.key is not None
+        org_id, alice_key = member_of_new_org(server, "pruned", STREAM)
         engine = make_engine(served_database.replace("postgresql://", "postgresql+psycopg://"))
         old = datetime.now(UTC) - timedelta(days=365)
         with engine.begin() as connection:
@@ -178,7 +170,7 @@ def test_pruning_under_concurrent_minting(served_database: str, tmp_path: Path) 
                 insert(AuditEvent),
                 [
                     {"at": old, "actor": "prn_OLD", "action": "test.old", "target": f"t{i}",
-                     "org_id": boot["org_id"], "detail": {}}
+                     "org_id": org_id, "detail": {}}
                     for i in range(OLD_EVENTS)
                 ],
             )  # fmt: skip
@@ -187,7 +179,7 @@ def test_pruning_under_concurrent_minting(served_database: str, tmp_path: Path) 
             with httpx.Client(base_url=server.base_url, timeout=TIMEOUT) as client:
                 while not stop.is_set():
                     response = client.post(
-                        "/api/sync/token", json={"streams": [STREAM]}, headers=bearer(alice.key)
+                        "/api/sync/token", json={"streams": [STREAM]}, headers=bearer(alice_key)
                     )
                     with lock:
                         if response.status_code == 200:

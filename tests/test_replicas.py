@@ -18,7 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from control.runtime import GrantVerifier, TokenRejected
+from control.runtime import GrantVerifier
+from tests.factories import rejection
 from tests.fleet import (
     TIMEOUT,
     Outcome,
@@ -261,14 +262,6 @@ def test_rotation_on_one_replica_while_both_mint(fleet: Fleet) -> None:
         f"verified against both replicas' JWKS ({dict(verified)}), "
         f"{len(kid_of)} token.mint events for {len(fleet.received)} tokens received, 5xx: 0"
     )
-
-
-def rejection(verifier: GrantVerifier, token: str) -> str | None:
-    try:
-        verifier.verify(token)
-    except TokenRejected as rejected:
-        return rejected.code
-    return None
 
 
 def test_revocation_on_one_is_honoured_by_the_other_at_once(fleet: Fleet) -> None:
