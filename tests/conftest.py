@@ -122,8 +122,8 @@ def settings(database_url: str) -> Settings:
 
 
 def state_over(settings: Settings, engine: Engine, connection: Connection) -> AppState:
-    """An app's state whose sessions join the test's transaction (as savepoints), so what the
-    app commits is rolled back with the test. Another replica's: other `settings`."""
+    """An app's state whose sessions join the test's transaction as savepoints, so what the app
+    commits is rolled back with the test. With other `settings`, another replica's state."""
     sessions = sessionmaker(
         bind=connection, expire_on_commit=False, join_transaction_mode="create_savepoint"
     )
