@@ -126,6 +126,14 @@ class Console:
     def submit(self, button_css: str) -> None:
         self.driver.find_element(By.CSS_SELECTOR, button_css).click()
 
+    def follow(self, by: str, value: str) -> None:
+        """Click what loads another page (a form's button, a link) and wait until that page has
+        replaced this one: where both show what the test looks for next, `wait_for` alone could
+        find it on the page being left."""
+        leaving = self.driver.find_element(By.TAG_NAME, "html")
+        self.driver.find_element(by, value).click()
+        WebDriverWait(self.driver, 15).until(ec.staleness_of(leaving))
+
     def heading(self) -> str:
         return str(self.driver.find_element(By.TAG_NAME, "h1").text)
 
@@ -208,11 +216,12 @@ def test_an_admins_session_end_to_end(server: Server, driver: WebDriver) -> None
 
     # A query set from the module's catalog, and Ada's stream.
     console.open("/console/query-sets")
-    driver.find_element(By.LINK_TEXT, "run_events@1").click()
+    console.follow(By.LINK_TEXT, "run_events@1")
     console.wait_for("#name")
     assert driver.find_element(By.ID, "name").get_attribute("value") == "run_events"
-    console.submit("form[action='/console/query-sets'] button")
-    console.wait_for("main", "run_events@1")
+    console.follow(By.CSS_SELECTOR, "form[action='/console/query-sets'] button")
+    console.wait_for("main", "Created.")
+    assert "run_events@1" in console.main_text()
     console.shot("03-query-sets")
     console.open("/console/streams")
     console.fill("id", "run:01J9ZK")
@@ -364,7 +373,7 @@ def test_an_admins_session_end_to_end(server: Server, driver: WebDriver) -> None
         assert action in log, action
     console.shot("15-audit")
     console.fill("action", "credential.")
-    console.submit("#audit-filters button")
+    console.follow(By.CSS_SELECTOR, "#audit-filters button")
     console.wait_for("table.audit")
     actions = {e.text for e in driver.find_elements(By.CSS_SELECTOR, "code.action")}
     assert actions == {"credential.create", "credential.revoke"}
