@@ -513,6 +513,29 @@ def test_revocations_and_trusted_issuers_pages(admin: Browser, org_a: OrgFixture
     assert bad.status_code == 422 and re.search(r'id="err-issuer" role="alert">[^<]+<', bad.text)
 
 
+def test_an_empty_list_says_so_in_one_row_across_its_columns(
+    admin: Browser, org_a: OrgFixture
+) -> None:
+    # A new org has its admin, the service's signing keys, and nothing else.
+    for path, columns, empty in (
+        ("/console/streams", 5, "No streams."),
+        ("/console/query-sets", 4, "No query sets."),
+        ("/console/revocations", 5, "No revocations."),
+        ("/console/trusted-issuers", 5, "No trusted issuers."),
+        ("/console/audit?action=nothing.", 6, "No events match."),
+    ):
+        page = admin.get(path)
+        assert page.status_code == 200, (path, page.text)
+        assert page.text.count('<th scope="col">') == columns, path
+        assert f'<tr><td colspan="{columns}">{empty}</td></tr>' in page.text, path
+    for path, row in (("/console/principals", org_a.admin_id), ("/console/keys", "pending")):
+        page = admin.get(path)
+        assert row in page.text and "colspan" not in page.text, path
+    # The row-action column has a name for screen readers only.
+    issuers = admin.get("/console/trusted-issuers").text
+    assert '<th scope="col"><span class="sr-only">Actions</span></th>' in issuers
+
+
 def test_every_page_renders_with_its_security_headers(admin: Browser) -> None:
     for path in (
         "/console/principals",
