@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from control.cli import main
+from harness.server import BIN
 
 
 def control_in_process(
@@ -70,7 +71,7 @@ def control_process(
 ) -> subprocess.CompletedProcess[str]:
     """`control ARGS` as a real process of the installed command, with exactly `env`."""
     return subprocess.run(
-        [str(Path(sys.executable).parent / "control"), *args],
+        [str(BIN / "control"), *args],
         env=env,
         cwd=cwd,
         capture_output=True,
